@@ -1,0 +1,180 @@
+"""Reference attention as diffusers attention processors.
+
+The reference U-Net gets a *write* processor on the self-attention (``attn1``) of every
+transformer block in its mid and up blocks: it records what enters that attention (the block's
+``norm1`` output) into a shared :class:`ReferenceBank`, then attends as usual. The imitative
+U-Net gets a *read* processor at the same module paths. For the conditional rows of its batch
+(the last ``bank.conditional_rows`` rows; classifier-free guidance puts them after the
+unconditional ones) the self-attention becomes
+
+    0.5 * Attn(Q=x, KV=[x ; r]) + 0.5 * Attn(Q=x, KV=x)
+
+with ``x`` the block's own ``norm1`` output and ``r`` the recorded reference tokens; the other
+rows get plain self-attention, so the reference never reaches the unconditional branch. This is
+the authors' function, computed with queries over the image tokens only (they attend with all
+2N tokens as queries and drop half the rows) and with each projection computed once.
+Both processors are installed and removed together by :func:`install_reference_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+
+from .errors import MimicBrushError
+
+
+class ReferenceBank:
+    """Reference features keyed by transformer-block path, shared by the writer and the reader."""
+
+    def __init__(self) -> None:
+        self.features: dict[str, torch.Tensor] = {}
+        self.conditional_rows = 0
+
+    def clear(self) -> None:
+        self.features.clear()
+        self.conditional_rows = 0
+
+
+def reference_block_names(unet: UNet2DConditionModel) -> list[str]:
+    """Paths of the transformer blocks whose self-attention takes part (mid and up blocks).
+
+    Ordered by channel width, descending (a stable sort, so module order is kept among equals),
+    which is the order the authors pair blocks in; pairing here is by identical path.
+    """
+    names = []
+    for prefix in ("mid_block", "up_blocks"):
+        for name, module in unet.get_submodule(prefix).named_modules(prefix=prefix):
+            if name.endswith(".attn1") and isinstance(module, Attention):
+                names.append((module.to_q.in_features, name[: -len(".attn1")]))
+    return [name for _, name in sorted(names, key=lambda item: -item[0])]
+
+
+def _heads_view(attn: Attention, tensor: torch.Tensor) -> torch.Tensor:
+    batch, tokens, inner = tensor.shape
+    return tensor.view(batch, tokens, attn.heads, inner // attn.heads).transpose(1, 2)
+
+
+def _merge_heads(tensor: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, head_dim = tensor.shape
+    return tensor.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
+def _check_plain_self_attention(attn: Attention, encoder_hidden_states, attention_mask, hidden_states) -> None:
+    """These processors implement the SD-1.5 self-attention form and nothing else."""
+    if (encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3
+            or attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection
+            or attn.norm_q is not None or attn.norm_k is not None):
+        raise MimicBrushError(
+            "Reference attention supports only plain self-attention blocks (SD-1.5 layout); "
+            "this U-Net uses another attention form."
+        )
+
+
+def _plain_attention(attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+    query = _heads_view(attn, attn.to_q(hidden_states))
+    key = _heads_view(attn, attn.to_k(hidden_states))
+    value = _heads_view(attn, attn.to_v(hidden_states))
+    mixed = _merge_heads(F.scaled_dot_product_attention(query, key, value))
+    return attn.to_out[1](attn.to_out[0](mixed)) / attn.rescale_output_factor
+
+
+class ReferenceWriteProcessor:
+    """Records the self-attention input of one reference-U-Net block, then attends as usual."""
+
+    def __init__(self, bank: ReferenceBank, name: str):
+        self.bank = bank
+        self.name = name
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        _check_plain_self_attention(attn, encoder_hidden_states, attention_mask, hidden_states)
+        self.bank.features[self.name] = hidden_states
+        return _plain_attention(attn, hidden_states)
+
+
+class ReferenceReadProcessor:
+    """Self-attention of one imitative-U-Net block, with the reference tokens for conditional rows."""
+
+    def __init__(self, bank: ReferenceBank, name: str):
+        self.bank = bank
+        self.name = name
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        _check_plain_self_attention(attn, encoder_hidden_states, attention_mask, hidden_states)
+        conditional = self.bank.conditional_rows
+        if conditional == 0:
+            return _plain_attention(attn, hidden_states)
+        reference = self.bank.features.get(self.name)
+        batch = hidden_states.shape[0]
+        if reference is None:
+            raise MimicBrushError(f"No reference features were recorded for '{self.name}'; run the reference U-Net first.")
+        if not conditional <= batch or reference.shape[0] not in (1, conditional):
+            raise MimicBrushError(
+                f"Reference features for {reference.shape[0]} rows cannot serve {conditional} "
+                f"conditional rows of a batch of {batch}."
+            )
+        query = _heads_view(attn, attn.to_q(hidden_states))
+        key = _heads_view(attn, attn.to_k(hidden_states))
+        value = _heads_view(attn, attn.to_v(hidden_states))
+        plain = F.scaled_dot_product_attention(query, key, value)
+
+        first = batch - conditional
+        reference = reference.to(hidden_states.dtype).expand(conditional, -1, -1)
+        ref_key = torch.cat([key[first:], _heads_view(attn, attn.to_k(reference))], dim=2)
+        ref_value = torch.cat([value[first:], _heads_view(attn, attn.to_v(reference))], dim=2)
+        with_reference = F.scaled_dot_product_attention(query[first:], ref_key, ref_value)
+
+        unconditional_out = attn.to_out[0](_merge_heads(plain[:first]))
+        conditional_out = 0.5 * attn.to_out[0](_merge_heads(with_reference)) + 0.5 * attn.to_out[0](
+            _merge_heads(plain[first:]))
+        mixed = torch.cat([unconditional_out, conditional_out], dim=0)
+        return attn.to_out[1](mixed) / attn.rescale_output_factor
+
+
+class ReferenceAttentionHandle:
+    """The installed writer/reader pair; :meth:`remove` restores both U-Nets' previous processors."""
+
+    def __init__(self, reference_unet: UNet2DConditionModel, imitative_unet: UNet2DConditionModel,
+                 bank: ReferenceBank, names: list[str]):
+        self.reference_unet = reference_unet
+        self.imitative_unet = imitative_unet
+        self.bank = bank
+        self.names = names
+        self._saved = {unet: dict(unet.attn_processors) for unet in (reference_unet, imitative_unet)}
+        reference_unet.set_attn_processor(self._with(reference_unet, ReferenceWriteProcessor))
+        imitative_unet.set_attn_processor(self._with(imitative_unet, ReferenceReadProcessor))
+
+    def _with(self, unet: UNet2DConditionModel, kind) -> dict:
+        processors = dict(self._saved[unet])
+        for name in self.names:
+            processors[f"{name}.attn1.processor"] = kind(self.bank, name)
+        return processors
+
+    def remove(self) -> None:
+        for unet, processors in self._saved.items():
+            unet.set_attn_processor(dict(processors))
+        self.bank.clear()
+
+    def __enter__(self) -> "ReferenceAttentionHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def install_reference_attention(reference_unet: UNet2DConditionModel,
+                                imitative_unet: UNet2DConditionModel) -> ReferenceAttentionHandle:
+    """Pair the two U-Nets' mid/up self-attentions by module path; returns the removable handle."""
+    names = reference_block_names(reference_unet)
+    if names != reference_block_names(imitative_unet):
+        raise MimicBrushError("The reference and imitative U-Nets do not have the same mid/up transformer blocks.")
+    for name in names:
+        ref_width = reference_unet.get_submodule(name).attn1.to_q.in_features
+        own_width = imitative_unet.get_submodule(name).attn1.to_q.in_features
+        if ref_width != own_width:
+            raise MimicBrushError(f"Block '{name}' is {ref_width} wide in the reference U-Net, {own_width} here.")
+    return ReferenceAttentionHandle(reference_unet, imitative_unet, ReferenceBank(), names)

@@ -1,0 +1,146 @@
+"""The MimicBrush checkpoint: five state dicts, as the authors' ``.bin`` or our ``.safetensors``.
+
+The authors release ``mimicbrush.bin``, a torch pickle of one dict with the keys ``image_proj``,
+``depth_guider``, ``referencenet``, ``image_encoder`` and ``unet``. Its converted form is one
+``.safetensors`` file with flat keys under those five prefixes, which loads by memory map and
+carries the component configs in its metadata (``<part>_config`` entries), so that a converted
+file is self-describing. Where no config is stored, the released architectures are assumed
+(SD-1.5 U-Nets, CLIP ViT-H/14).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import ModelFileError
+from .files import load_safetensors, load_torch_pickle, read_json, require_file
+
+PARTS = ("image_proj", "depth_guider", "referencenet", "image_encoder", "unet")
+FORMAT_NAME = "mimicbrush"
+FORMAT_VERSION = "1"
+DOWNLOAD_HINT = (
+    "Download mimicbrush/mimicbrush.bin from the Hugging Face repository xichenhku/MimicBrush "
+    "(or ModelScope xichen/MimicBrush); convert it once with "
+    "'python -m mimic_core convert mimicbrush.bin mimicbrush.safetensors' for faster loading."
+)
+
+
+@dataclass
+class MimicBrushCheckpoint:
+    """The five state dicts of a checkpoint and the configs that describe their architectures."""
+
+    state_dicts: dict[str, dict[str, torch.Tensor]]
+    configs: dict[str, dict]
+    path: Path
+
+
+def default_config(part: str) -> dict:
+    """The released architecture of one part (SD-1.5 U-Nets, ViT-H/14, the 1280->768 projection)."""
+    text = resources.files(__package__).joinpath("configs", f"{part}.json").read_text()
+    return json.loads(text)
+
+
+def read_checkpoint(path: str | Path, config_dir: str | Path | None = None) -> MimicBrushCheckpoint:
+    """Read a MimicBrush checkpoint (``.bin`` or converted ``.safetensors``) without running code.
+
+    Configs come, per part, from ``config_dir/<part>_config.json`` when given and present, else
+    from the file's metadata, else from the released architecture.
+    """
+    path = require_file(path, "The MimicBrush checkpoint", DOWNLOAD_HINT)
+    if path.suffix == ".safetensors":
+        state_dicts, stored = _read_flat_safetensors(path)
+    else:
+        state_dicts, stored = _read_authors_pickle(path), {}
+    configs = {}
+    for part in PARTS:
+        override = Path(config_dir) / f"{part}_config.json" if config_dir is not None else None
+        if override is not None and override.is_file():
+            configs[part] = read_json(override)
+        else:
+            configs[part] = stored.get(part) or default_config(part)
+    return MimicBrushCheckpoint(state_dicts, configs, path)
+
+
+def _missing_parts_error(path: Path, missing: list[str]) -> ModelFileError:
+    return ModelFileError(
+        f"'{path}' is not a complete MimicBrush checkpoint: it lacks the part(s) "
+        f"{', '.join(repr(p) for p in missing)} (a checkpoint holds {', '.join(PARTS)}). "
+        f"It may be another model or an incomplete download. {DOWNLOAD_HINT}"
+    )
+
+
+def _read_authors_pickle(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    loaded = load_torch_pickle(path)
+    if not isinstance(loaded, dict):
+        raise ModelFileError(f"'{path}' does not hold a dict of state dicts. {DOWNLOAD_HINT}")
+    missing = [part for part in PARTS if not isinstance(loaded.get(part), dict) or not loaded[part]]
+    if missing:
+        raise _missing_parts_error(path, missing)
+    return {part: dict(loaded[part]) for part in PARTS}
+
+
+def _read_flat_safetensors(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict]]:
+    tensors, metadata = load_safetensors(path)
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
+    strays = []
+    for key, tensor in tensors.items():
+        part, _, rest = key.partition(".")
+        if part in state_dicts and rest:
+            state_dicts[part][rest] = tensor
+        else:
+            strays.append(key)
+    missing = [part for part in PARTS if not state_dicts[part]]
+    if missing:
+        raise _missing_parts_error(path, missing)
+    if strays:
+        raise ModelFileError(
+            f"'{path}' holds keys outside the five MimicBrush parts (e.g. {strays[:3]}); "
+            f"it is not a MimicBrush checkpoint. {DOWNLOAD_HINT}"
+        )
+    stored = {}
+    for part in PARTS:
+        text = metadata.get(f"{part}_config")
+        if text:
+            try:
+                stored[part] = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ModelFileError(f"'{path}' has an unreadable stored config for '{part}': {err}") from err
+    return state_dicts, stored
+
+
+def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str | Path | None = None,
+                       dtype: torch.dtype | None = None) -> Path:
+    """Write ``source`` (``.bin`` or ``.safetensors``) as a self-describing ``.safetensors``.
+
+    The target is written next to its final name and renamed into place only when complete, so
+    an interrupted conversion never leaves a half-written file under the real name. Refuses to
+    overwrite the source. ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors.
+    """
+    source, target = Path(source), Path(target)
+    if target.suffix != ".safetensors":
+        raise ModelFileError(f"The converted file must end in .safetensors, not '{target.name}'.")
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise ModelFileError("The converted file must not replace its source; choose another name.")
+    checkpoint = read_checkpoint(source, config_dir)
+    flat = {}
+    for part in PARTS:
+        for key, tensor in checkpoint.state_dicts[part].items():
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            flat[f"{part}.{key}"] = tensor.contiguous()
+    metadata = {"format": "pt", "mimicbrush_format": FORMAT_NAME, "mimicbrush_format_version": FORMAT_VERSION}
+    metadata.update({f"{part}_config": json.dumps(checkpoint.configs[part], sort_keys=True) for part in PARTS})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        save_file(flat, str(partial), metadata=metadata)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target

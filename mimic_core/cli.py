@@ -1,0 +1,120 @@
+"""``python -m mimic_core edit`` and ``python -m mimic_core convert``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .checkpoint import convert_checkpoint
+from .errors import InputError, MimicBrushError
+from .model_files import find_model_files
+from .models import load_models
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, MimicBrushPipeline
+
+logger = logging.getLogger("mimic_core")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CONFIG_DIR_ENV = "MIMICBRUSH_CONFIG_DIR"
+
+
+def read_image(path: str, mode: str) -> torch.Tensor:
+    """An image file as ``[1, H, W, C]`` float in 0..1 (``mode`` "RGB" or "L")."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(f"Cannot read the image '{path}': {err}") from err
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None, ..., None] if mode == "L" else tensor[None]
+
+
+def write_image(image: torch.Tensor, path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise InputError(f"'{path}' exists; choose another --out or pass --overwrite.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(array).save(path)
+
+
+def _edit(args: argparse.Namespace) -> list[Path]:
+    out = Path(args.out)
+    outputs = [out] if args.samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.samples)]
+    inputs = {Path(p).resolve() for p in (args.source, args.mask, args.reference)}
+    if any(path.resolve() in inputs for path in outputs):
+        raise InputError("--out would overwrite one of the input images; choose another name.")
+    files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)
+    source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
+    mask = read_image(args.mask, "L")[..., 0]
+    logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
+    models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
+                         dtype=dtype, device=device)
+    pipeline = MimicBrushPipeline(models)
+    result = pipeline.edit(
+        source, mask, reference, keep_shape=args.keep_shape, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, num_samples=args.samples,
+        callback=lambda step, total, _: logger.info("step %d/%d", step, total),
+    )
+    for image, path in zip(result.images, outputs):
+        write_image(image, path, args.overwrite)
+    return outputs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mimic_core", description="MimicBrush: edit an image by imitating a reference.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    edit = commands.add_parser("edit", help="regenerate the masked region of a source image from a reference")
+    edit.add_argument("--source", required=True, help="the image to edit")
+    edit.add_argument("--mask", required=True, help="grey mask of the source; white = region to regenerate")
+    edit.add_argument("--reference", required=True, help="the image whose matching part is imitated")
+    edit.add_argument("--out", required=True, help="where to write the edited image (PNG)")
+    edit.add_argument("--models", help="folder in the authors' layout: mimicbrush/, sd-vae-ft-mse/, depth_model/")
+    edit.add_argument("--checkpoint", help="MimicBrush checkpoint (.bin or converted .safetensors), instead of --models")
+    edit.add_argument("--vae", help="SD VAE (diffusers folder or single file), instead of --models")
+    edit.add_argument("--depth-model", help="Depth Anything (.pth or transformers folder), instead of --models")
+    edit.add_argument("--config-dir", default=os.environ.get(CONFIG_DIR_ENV),
+                      help=f"folder of <part>_config.json for non-released architectures (env {CONFIG_DIR_ENV})")
+    edit.add_argument("--keep-shape", action="store_true", help="shape control: keep the source's shape (depth-guided)")
+    edit.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default %(default)s)")
+    edit.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (default %(default)s)")
+    edit.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    edit.add_argument("--samples", type=int, default=1, help="number of results; written as OUT_0.png, OUT_1.png, ...")
+    edit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    edit.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
+    edit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    convert = commands.add_parser("convert", help="convert mimicbrush.bin to a self-describing .safetensors")
+    convert.add_argument("input", help="mimicbrush.bin (or a .safetensors to re-describe)")
+    convert.add_argument("output", help="the .safetensors to write")
+    convert.add_argument("--config-dir", default=os.environ.get(CONFIG_DIR_ENV),
+                         help="folder of <part>_config.json to store (default: the released architectures)")
+    convert.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    convert.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "edit":
+            for path in _edit(args):
+                print(path)
+        else:
+            if Path(args.output).exists() and not args.overwrite:
+                raise InputError(f"'{args.output}' exists; choose another name or pass --overwrite.")
+            print(convert_checkpoint(args.input, args.output, args.config_dir,
+                                     dtype=torch.float16 if args.half else None))
+    except MimicBrushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

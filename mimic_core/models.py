@@ -1,0 +1,66 @@
+"""Everything an edit needs, loaded from the user's weight files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPVisionModelWithProjection
+
+from .checkpoint import read_checkpoint
+from .components import DepthGuider, ImageProjection, build_components
+from .depth import load_depth_model
+from .vae import load_vae
+
+
+@dataclass
+class MimicBrushModels:
+    """The networks of MimicBrush. ``depth_model`` may be ``None`` when no edit needs it."""
+
+    unet: UNet2DConditionModel
+    referencenet: UNet2DConditionModel
+    image_encoder: CLIPVisionModelWithProjection
+    image_proj: ImageProjection
+    depth_guider: DepthGuider
+    vae: AutoencoderKL
+    depth_model: nn.Module | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        names = ("unet", "referencenet", "image_encoder", "image_proj", "depth_guider", "vae", "depth_model")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
+        for module in self.modules().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+
+def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,
+                config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> MimicBrushModels:
+    """Load MimicBrush from the released files (or their conversions).
+
+    ``checkpoint`` is ``mimicbrush.bin`` or its converted ``.safetensors``; ``vae`` the SD VAE (a
+    diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
+    transformers folder), needed for every edit since the released model always consumes a depth
+    feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
+    """
+    parts = build_components(read_checkpoint(checkpoint, config_dir))
+    vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
+    models = MimicBrushModels(
+        **parts,
+        vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
+        depth_model=load_depth_model(depth_model) if depth_model is not None else None,
+    )
+    return models.to(device=device, dtype=dtype)

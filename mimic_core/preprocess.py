@@ -1,0 +1,165 @@
+"""The authors' demo pre- and post-processing, as functions on images.
+
+Public inputs and outputs are ComfyUI-style tensors (``[B, H, W, C]`` float in 0..1 for images,
+``[B, H, W]`` or ``[H, W]`` in 0..1 for masks). Inside, images are uint8 ``H x W x 3`` arrays:
+the released model was run on uint8 images resized by PIL and OpenCV, and matching those
+resamplers bit for bit is what makes the results reproduce the authors'.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+try:
+    from transformers import CLIPImageProcessorPil as _ClipProcessor
+except ImportError:  # transformers 4.x: the plain class is the PIL implementation
+    from transformers import CLIPImageProcessor as _ClipProcessor
+
+logger = logging.getLogger(__name__)
+
+WORKING_SIZE = 512
+FEATHER_PASSES = 10
+
+
+def image_to_uint8(image: torch.Tensor, what: str = "image") -> np.ndarray:
+    """One ``[H, W, C]`` (or ``[1, H, W, C]``) 0..1 image as ``H x W x 3`` uint8 RGB.
+
+    Grayscale (C=1) is repeated to RGB; an alpha channel (C=2 or 4) is dropped, as PIL's
+    ``convert("RGB")`` does in the authors' demo.
+    """
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise InputError(f"Expected one {what}, got a batch of {image.shape[0]}; pass them one at a time.")
+        image = image[0]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise InputError(f"The {what} must be [H, W, C] with 1 to 4 channels, got shape {tuple(image.shape)}.")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"The {what} is empty (shape {tuple(image.shape)}).")
+    channels = image.shape[-1]
+    rgb = image[..., :1].expand(-1, -1, 3) if channels in (1, 2) else image[..., :3]
+    values = rgb.detach().to("cpu", torch.float32).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return np.ascontiguousarray(values.numpy())
+
+
+def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """One mask as an ``H x W`` uint8 array of 0/1 (1 = edit), at the source's size.
+
+    Binarised at half range, like the demo's ``> 128`` on 8-bit masks. A mask of another size
+    than the source is resized to it with nearest-neighbour sampling (and a warning), so its
+    hard edge survives; an empty mask is an error, since there would be nothing to edit.
+    """
+    if mask.ndim == 3:
+        if mask.shape[0] != 1:
+            raise InputError(f"Expected one mask, got a batch of {mask.shape[0]}; pass them one at a time.")
+        mask = mask[0]
+    if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
+        raise InputError(f"The mask must be [H, W] (or [1, H, W]), got shape {tuple(mask.shape)}.")
+    mask = mask.detach().to("cpu", torch.float32)
+    if tuple(mask.shape) != (height, width):
+        logger.warning("Mask is %dx%d but the source is %dx%d; resizing the mask (nearest) to the source.",
+                       mask.shape[1], mask.shape[0], width, height)
+        mask = torch.nn.functional.interpolate(mask[None, None], size=(height, width), mode="nearest")[0, 0]
+    binary = (mask > 0.5).to(torch.uint8).numpy()
+    if not binary.any():
+        raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit).")
+    return np.ascontiguousarray(binary)
+
+
+def square_offset(height: int, width: int) -> tuple[int, int, int]:
+    """Side of the padded square and the (top, left) offset of the image inside it."""
+    side = max(height, width)
+    return side, (side - height) // 2, (side - width) // 2
+
+
+def pad_to_square(image: np.ndarray, fill: int) -> np.ndarray:
+    """Centre ``image`` on a square canvas of its long side, filled with ``fill`` (255 white, 0 black)."""
+    height, width = image.shape[:2]
+    side, top, left = square_offset(height, width)
+    canvas = np.full((side, side) + image.shape[2:], fill, dtype=image.dtype)
+    canvas[top:top + height, left:left + width] = image
+    return canvas
+
+
+def make_collage(padded_source: np.ndarray, padded_mask: np.ndarray) -> np.ndarray:
+    """The padded source with the masked pixels set to black (-1 after normalisation)."""
+    return np.where(padded_mask[..., None] > 0, np.uint8(0), padded_source)
+
+
+def resize_lanczos(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL Lanczos resize to ``size x size``, as the authors' pipeline does."""
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
+def binary_mask_at(padded_mask: np.ndarray, size: int) -> np.ndarray:
+    """The 0/1 mask at the working size: 0/255 image, PIL "L", Lanczos, binarised at 0.5."""
+    image = Image.fromarray(np.repeat(padded_mask[..., None] * 255, 3, axis=2)).convert("L")
+    resized = np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+    return (resized >= 0.5).astype(np.uint8)
+
+
+def to_model_range(image: np.ndarray) -> torch.Tensor:
+    """``H x W x 3`` uint8 -> contiguous ``[1, 3, H, W]`` float32 in [-1, 1].
+
+    Contiguous NCHW matters: on the CPU, GroupNorm is measurably less accurate on a
+    channels-last tensor.
+    """
+    scaled = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32) / 255.0
+    return (scaled * 2.0 - 1.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def latent_mask(mask_at_size: np.ndarray, latent_size: int) -> torch.Tensor:
+    """``[1, 1, h, w]`` float mask on the latent grid (nearest-neighbour)."""
+    mask = torch.from_numpy(mask_at_size.astype(np.float32))[None, None]
+    return torch.nn.functional.interpolate(mask, size=(latent_size, latent_size))
+
+
+_CLIP_PROCESSOR = None
+
+
+def clip_pixels(padded_reference: np.ndarray) -> torch.Tensor:
+    """CLIP's default preprocessing (bicubic to 224, centre crop, CLIP mean/std), PIL-based."""
+    global _CLIP_PROCESSOR
+    if _CLIP_PROCESSOR is None:
+        _CLIP_PROCESSOR = _ClipProcessor()
+    pixels = _CLIP_PROCESSOR(images=Image.fromarray(padded_reference), return_tensors="pt").pixel_values
+    return pixels.contiguous()
+
+
+def output_to_uint8(decoded: torch.Tensor) -> np.ndarray:
+    """Decoded ``[N, 3, H, W]`` in [-1, 1] -> ``N x H x W x 3`` uint8 (rounded)."""
+    values = (decoded.to(torch.float32) / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return values.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def crop_back(square_result: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a square result (bilinear) to the padded square of ``height x width``; crop the padding."""
+    side, top, left = square_offset(height, width)
+    resized = cv2.resize(square_result, (side, side), interpolation=cv2.INTER_LINEAR)
+    return resized[top:top + height, left:left + width]
+
+
+def feathered_alpha(mask: np.ndarray) -> np.ndarray:
+    """The demo's blend weight: the 0/255 mask blurred by ten 3x3 Gaussian passes, divided by 255."""
+    alpha = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
+    for _ in range(FEATHER_PASSES):
+        alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
+    return alpha / 255.0
+
+
+def paste_back(result: np.ndarray, source: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Blend ``result`` into ``source`` with the feathered mask; truncated to uint8 like the demo."""
+    alpha = feathered_alpha(mask)
+    return (result * alpha + source * (1.0 - alpha)).astype(np.uint8)
+
+
+def uint8_to_image(array: np.ndarray) -> torch.Tensor:
+    """``[N,] H x W x 3`` uint8 -> ``[N, H, W, 3]`` float32 in 0..1."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32) / 255.0
+    return tensor if tensor.ndim == 4 else tensor.unsqueeze(0)

@@ -1,0 +1,65 @@
+"""Shared test set-up: the golden fixture (read in place) and the tiny models loaded once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(os.environ.get("MIMICBRUSH_FIXTURE_DIR", REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"))
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    if not (FIXTURE / "manifest.json").is_file():
+        pytest.fail(f"The golden fixture is missing at {FIXTURE}; set MIMICBRUSH_FIXTURE_DIR to its folder.")
+    return FIXTURE
+
+
+def read_png(path: Path, mode: str = "RGB") -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert(mode)).copy()
+
+
+def as_image_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x C -> ComfyUI-style [1, H, W, C] float."""
+    return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
+
+
+@pytest.fixture(scope="session")
+def golden(fixture_dir):
+    """name -> dict of golden tensors ("inputs", "on", "off", "refbank")."""
+    files = {"inputs": "golden_inputs", "on": "golden_shape_on", "off": "golden_shape_off",
+             "refbank": "golden_refbank_step0"}
+    return {key: load_file(str(fixture_dir / f"{name}.safetensors")) for key, name in files.items()}
+
+
+@pytest.fixture(scope="session")
+def fixture_images(fixture_dir):
+    inputs = fixture_dir / "inputs"
+    return {
+        "source": read_png(inputs / "source.png"),
+        "reference": read_png(inputs / "reference.png"),
+        "mask": (read_png(inputs / "mask.png", "L") > 128).astype(np.uint8),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_models(fixture_dir):
+    from mimic_core.models import load_models
+
+    return load_models(fixture_dir / "mimicbrush_tiny.bin", fixture_dir / "vae",
+                       fixture_dir / "depth_anything_tiny.pth", config_dir=fixture_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_models):
+    from mimic_core.pipeline import MimicBrushPipeline
+
+    return MimicBrushPipeline(tiny_models)

@@ -1,0 +1,146 @@
+"""Reference attention: the processors compute the authors' function, and only where they should."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+
+from mimic_core.attention import install_reference_attention, reference_block_names
+
+
+@pytest.fixture(scope="module")
+def unets(fixture_dir):
+    config = json.loads((fixture_dir / "unet_config.json").read_text())
+    torch.manual_seed(0)
+    imitative = UNet2DConditionModel.from_config(config).eval()
+    reference = UNet2DConditionModel.from_config(dict(config, in_channels=4)).eval()
+    for unet in (imitative, reference):  # diffusers zero-initialises some outputs; make every path count
+        with torch.no_grad():
+            for parameter in unet.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    return imitative, reference
+
+
+def _inputs(seed: int, rows: int = 2):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(rows, 13, 32, 32, generator=generator)
+    context = torch.randn(rows, 7, 32, generator=generator)
+    reference = torch.randn(1, 4, 32, 32, generator=generator)
+    return sample, context, reference
+
+
+def _guided_forward(imitative, reference_unet, sample, context, reference_latents, t=torch.tensor(500)):
+    with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
+        reference_unet(reference_latents, t, encoder_hidden_states=context[-1:])
+        handle.bank.conditional_rows = sample.shape[0] // 2
+        return imitative(sample, t, encoder_hidden_states=context).sample
+
+
+def test_block_names_are_the_mid_and_up_transformer_blocks(unets, golden):
+    imitative, _ = unets
+    names = reference_block_names(imitative)
+    assert names == list(json.loads(_refbank_order(golden)))
+    assert all(not name.startswith("down_blocks") for name in names)
+
+
+def _refbank_order(golden):
+    from safetensors import safe_open
+
+    from tests.conftest import FIXTURE
+    with safe_open(str(FIXTURE / "golden_refbank_step0.safetensors"), "pt") as handle:
+        return json.dumps(json.loads(handle.metadata()["fixture"])["order"])
+
+
+def test_removed_handle_restores_a_bit_identical_stock_forward(unets):
+    imitative, reference = unets
+    sample, context, reference_latents = _inputs(1)
+    t = torch.tensor(300)
+    before_processors = dict(imitative.attn_processors)
+    with torch.no_grad():
+        stock = imitative(sample, t, encoder_hidden_states=context).sample
+    guided = _guided_forward(imitative, reference, sample, context, reference_latents)
+    with torch.no_grad():
+        after = imitative(sample, t, encoder_hidden_states=context).sample
+    assert not torch.equal(guided, stock)
+    assert torch.equal(after, stock)
+    assert all(type(p) is type(before_processors[k]) for k, p in imitative.attn_processors.items())
+
+
+def test_unconditional_half_ignores_the_reference_and_conditional_half_uses_it(unets):
+    imitative, reference = unets
+    sample, context, first_reference = _inputs(2)
+    second_reference = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(99))
+    out_a = _guided_forward(imitative, reference, sample, context, first_reference)
+    out_b = _guided_forward(imitative, reference, sample, context, second_reference)
+    assert torch.equal(out_a[0], out_b[0])
+    assert (out_a[1] - out_b[1]).abs().max() > 1e-3
+    with torch.no_grad():
+        stock = imitative(sample, torch.tensor(500), encoder_hidden_states=context).sample
+    assert torch.allclose(out_a[0], stock[0], atol=1e-5)
+
+
+def _authors_self_attention(attn, hidden, reference):
+    """The authors' form, written plainly: every token of [x ; r] as a query, half the rows kept."""
+    joined = torch.cat([hidden, reference], dim=1)
+    heads = attn.heads
+
+    def split(t):
+        return t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+    def attend(q_in, kv_in):
+        out = F.scaled_dot_product_attention(split(attn.to_q(q_in)), split(attn.to_k(kv_in)), split(attn.to_v(kv_in)))
+        return attn.to_out[0](out.transpose(1, 2).reshape(q_in.shape[0], q_in.shape[1], -1))
+
+    with_reference = attend(joined, joined)[:, : hidden.shape[1]]
+    return 0.5 * with_reference + 0.5 * attend(hidden, hidden)
+
+
+def test_read_processor_equals_the_authors_computation(unets):
+    imitative, reference_unet = unets
+    name = reference_block_names(imitative)[3]
+    attn = imitative.get_submodule(name).attn1
+    generator = torch.Generator().manual_seed(5)
+    width = attn.to_q.in_features
+    hidden = torch.randn(3, 64, width, generator=generator)  # 1 unconditional row, 2 conditional
+    recorded = torch.randn(1, 64, width, generator=generator)
+    with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
+        handle.bank.features[name] = recorded
+        handle.bank.conditional_rows = 2
+        ours = attn(hidden)
+    with torch.no_grad():
+        expected_cond = _authors_self_attention(attn, hidden[1:], recorded.expand(2, -1, -1))
+        expected_uncond = attn(hidden[:1])
+    torch.testing.assert_close(ours[1:], expected_cond, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours[:1], expected_uncond, atol=1e-6, rtol=0)
+
+
+def test_write_processor_records_the_norm1_output(unets):
+    imitative, reference_unet = unets
+    _, context, reference_latents = _inputs(3)
+    names = reference_block_names(reference_unet)
+    seen = {}
+    hooks = [reference_unet.get_submodule(n).norm1.register_forward_hook(
+        lambda module, args, output, n=n: seen.__setitem__(n, output)) for n in names]
+    try:
+        with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
+            reference_unet(reference_latents, torch.tensor(10), encoder_hidden_states=context[:1])
+            recorded = dict(handle.bank.features)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert list(recorded) == sorted(recorded, key=names.index) and set(recorded) == set(names)
+    for name in names:
+        assert torch.equal(recorded[name], seen[name])
+
+
+def test_missing_reference_features_are_an_error_not_a_silent_plain_attention(unets):
+    imitative, reference_unet = unets
+    sample, context, _ = _inputs(4)
+    with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
+        handle.bank.conditional_rows = 1
+        with pytest.raises(Exception, match="No reference features"):
+            imitative(sample, torch.tensor(1), encoder_hidden_states=context)
