@@ -17,6 +17,7 @@ from .errors import InputError, MimicBrushError
 from .model_files import find_model_files
 from .models import load_models
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, MimicBrushPipeline
+from .preprocess import mask_to_binary
 
 logger = logging.getLogger("mimic_core")
 
@@ -49,11 +50,12 @@ def _edit(args: argparse.Namespace) -> list[Path]:
     inputs = {Path(p).resolve() for p in (args.source, args.mask, args.reference)}
     if any(path.resolve() in inputs for path in outputs):
         raise InputError("--out would overwrite one of the input images; choose another name.")
+    source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
+    mask = read_image(args.mask, "L")[..., 0]
+    mask_to_binary(mask, source.shape[1], source.shape[2])  # refuse a bad mask before loading gigabytes
     files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)
-    source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
-    mask = read_image(args.mask, "L")[..., 0]
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)

@@ -110,7 +110,7 @@ def to_model_range(image: np.ndarray) -> torch.Tensor:
     Contiguous NCHW matters: on the CPU, GroupNorm is measurably less accurate on a
     channels-last tensor.
     """
-    scaled = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32) / 255.0
+    scaled = torch.from_numpy(np.array(image, dtype=np.float32)) / 255.0
     return (scaled * 2.0 - 1.0).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 

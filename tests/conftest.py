@@ -1,18 +1,14 @@
-"""Shared test set-up: the golden fixture (read in place) and the tiny models loaded once."""
+"""Shared test fixtures: the golden fixture (read in place) and the tiny models, loaded once."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(os.environ.get("MIMICBRUSH_FIXTURE_DIR", REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"))
+from tests.support import FIXTURE, read_png
 
 
 @pytest.fixture(scope="session")
@@ -20,16 +16,6 @@ def fixture_dir() -> Path:
     if not (FIXTURE / "manifest.json").is_file():
         pytest.fail(f"The golden fixture is missing at {FIXTURE}; set MIMICBRUSH_FIXTURE_DIR to its folder.")
     return FIXTURE
-
-
-def read_png(path: Path, mode: str = "RGB") -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert(mode)).copy()
-
-
-def as_image_tensor(array: np.ndarray) -> torch.Tensor:
-    """uint8 H x W x C -> ComfyUI-style [1, H, W, C] float."""
-    return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def test_block_names_are_the_mid_and_up_transformer_blocks(unets, golden):
 def _refbank_order(golden):
     from safetensors import safe_open
 
-    from tests.conftest import FIXTURE
+    from tests.support import FIXTURE
     with safe_open(str(FIXTURE / "golden_refbank_step0.safetensors"), "pt") as handle:
         return json.dumps(json.loads(handle.metadata()["fixture"])["order"])
 

@@ -1,0 +1,148 @@
+"""Reading, validating and converting MimicBrush checkpoints, and refusing bad ones."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config, read_checkpoint
+from mimic_core.components import build_components, build_unet
+from mimic_core.errors import ModelFileError
+
+
+def _equal_state_dicts(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bin_and_safetensors_hold_the_same_tensors(fixture_dir):
+    from_bin = read_checkpoint(fixture_dir / "mimicbrush_tiny.bin")
+    from_st = read_checkpoint(fixture_dir / "mimicbrush_tiny.safetensors")
+    for part in PARTS:
+        assert _equal_state_dicts(from_bin.state_dicts[part], from_st.state_dicts[part]), part
+
+
+def test_conversion_is_self_describing_and_round_trips(fixture_dir, tmp_path):
+    target = convert_checkpoint(fixture_dir / "mimicbrush_tiny.bin", tmp_path / "tiny.safetensors", fixture_dir)
+    with safe_open(str(target), "pt") as handle:
+        metadata = handle.metadata()
+    stored = json.loads(metadata["unet_config"])
+    assert stored == json.loads((fixture_dir / "unet_config.json").read_text())
+    assert metadata["mimicbrush_format"] == "mimicbrush"
+    assert not (tmp_path / "tiny.safetensors.partial").exists()
+
+    reread = read_checkpoint(target)  # no config dir: the stored configs are used
+    original = read_checkpoint(fixture_dir / "mimicbrush_tiny.bin", fixture_dir)
+    assert reread.configs == original.configs
+    for part in PARTS:
+        assert _equal_state_dicts(reread.state_dicts[part], original.state_dicts[part])
+    built = build_components(reread)
+    assert built["unet"].config.in_channels == 13
+    assert built["referencenet"].config.in_channels == 4
+
+
+def test_half_conversion_halves_float_tensors(fixture_dir, tmp_path):
+    target = convert_checkpoint(fixture_dir / "mimicbrush_tiny.bin", tmp_path / "half.safetensors", fixture_dir,
+                                dtype=torch.float16)
+    reread = read_checkpoint(target)
+    assert reread.state_dicts["unet"]["conv_in.weight"].dtype == torch.float16
+
+
+def test_without_configs_the_released_architecture_is_assumed(fixture_dir):
+    checkpoint = read_checkpoint(fixture_dir / "mimicbrush_tiny.bin")
+    assert checkpoint.configs["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
+    with pytest.raises(ModelFileError, match="do not fit its architecture.*--config-dir"):
+        build_components(checkpoint)
+
+
+def test_released_unet_architectures_have_sd15_sizes():
+    with torch.device("meta"):
+        from diffusers import UNet2DConditionModel
+        unet = UNet2DConditionModel.from_config(default_config("unet"))
+    count = sum(p.numel() for p in unet.parameters())
+    # SD-1.5 has 859,520,964 parameters; 9 more input channels add 9 * 320 * 3 * 3.
+    assert count == 859_520_964 + 9 * 320 * 9
+
+
+def test_reference_unet_accepts_exactly_the_documented_absences(fixture_dir):
+    checkpoint = read_checkpoint(fixture_dir / "mimicbrush_tiny.bin", fixture_dir)
+    state_dict = dict(checkpoint.state_dicts["referencenet"])
+    build_unet(checkpoint.configs["referencenet"], state_dict, "referencenet", reference=True)
+    state_dict.pop("up_blocks.3.attentions.2.transformer_blocks.0.norm1.weight")
+    with pytest.raises(ModelFileError, match="1 missing.*norm1"):
+        build_unet(checkpoint.configs["referencenet"], state_dict, "referencenet", reference=True)
+    with pytest.raises(ModelFileError, match="missing"):
+        build_unet(checkpoint.configs["unet"] | {"in_channels": 4}, checkpoint.state_dicts["referencenet"], "unet")
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_missing_part_is_named(fixture_dir, tmp_path, part):
+    loaded = torch.load(fixture_dir / "mimicbrush_tiny.bin", weights_only=True)
+    del loaded[part]
+    torch.save(loaded, tmp_path / "partial.bin")
+    with pytest.raises(ModelFileError, match=f"lacks the part\\(s\\) '{part}'"):
+        read_checkpoint(tmp_path / "partial.bin")
+    flat = {f"{p}.{k}": v for p, sd in loaded.items() for k, v in sd.items()}
+    save_file(flat, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ModelFileError, match=f"'{part}'"):
+        read_checkpoint(tmp_path / "partial.safetensors")
+
+
+@pytest.mark.parametrize("name", ["mimicbrush_tiny.bin", "mimicbrush_tiny.safetensors"])
+def test_a_truncated_file_is_reported_as_damaged(fixture_dir, tmp_path, name):
+    data = (fixture_dir / name).read_bytes()
+    broken = tmp_path / name
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupt|damaged"):
+        read_checkpoint(broken)
+
+
+class _Payload:
+    """Unpickling this would create a file: proof of code execution if it ever appears."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "mimicbrush.bin"
+    torch.save({part: {"w": torch.zeros(1)} for part in PARTS} | {"extra": _Payload(marker)}, hostile)
+    with pytest.raises(ModelFileError, match="refused without running"):
+        read_checkpoint(hostile)
+    assert not marker.exists()
+    # the same payload in a legacy (non-zip) pickle
+    with open(tmp_path / "legacy.bin", "wb") as handle:
+        pickle.dump(_Payload(marker), handle)
+    with pytest.raises(ModelFileError):
+        read_checkpoint(tmp_path / "legacy.bin")
+    assert not marker.exists()
+
+
+def test_a_safetensors_file_of_another_model_is_refused(tmp_path):
+    other = tmp_path / "other.safetensors"
+    save_file({"model.layers.0.weight": torch.zeros(2, 2), "lm_head.weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(ModelFileError, match="not a complete MimicBrush checkpoint"):
+        read_checkpoint(other)
+
+
+def test_a_missing_file_names_where_to_download(tmp_path):
+    with pytest.raises(ModelFileError, match="xichenhku/MimicBrush"):
+        read_checkpoint(tmp_path / "mimicbrush.bin")
+
+
+def test_conversion_never_replaces_its_source(fixture_dir, tmp_path):
+    source = tmp_path / "ckpt.safetensors"
+    shutil.copy(fixture_dir / "mimicbrush_tiny.safetensors", source)
+    before = source.read_bytes()
+    with pytest.raises(ModelFileError, match="must not replace its source"):
+        convert_checkpoint(source, source)
+    assert source.read_bytes() == before

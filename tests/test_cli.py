@@ -1,0 +1,80 @@
+"""The command line, run as a user runs it: a subprocess on the tiny fixture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.support import REPO
+
+
+def run_cli(*args, env_extra=None):
+    import os
+
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "mimic_core", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def models_dir(fixture_dir, tmp_path_factory):
+    """A models folder in the authors' layout, made of the fixture's files (converted checkpoint)."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "mimicbrush").mkdir()
+    (root / "depth_model").mkdir()
+    done = run_cli("convert", fixture_dir / "mimicbrush_tiny.bin", root / "mimicbrush" / "mimicbrush.safetensors",
+                   "--config-dir", fixture_dir)
+    assert done.returncode == 0, done.stderr
+    (root / "sd-vae-ft-mse").symlink_to(fixture_dir / "vae")
+    (root / "depth_model" / "depth_anything_vitb14.pth").symlink_to(fixture_dir / "depth_anything_tiny.pth")
+    # the tiny depth model's head count is not in its weights: a sidecar config gives it
+    (root / "depth_model" / "depth_anything_vitb14_config.json").symlink_to(fixture_dir / "depth_anything_tiny_config.json")
+    return root
+
+
+def test_edit_writes_an_image_of_the_source_size(fixture_dir, models_dir, tmp_path):
+    inputs = fixture_dir / "inputs"
+    out = tmp_path / "edited.png"
+    done = run_cli("edit", "--source", inputs / "source.png", "--mask", inputs / "mask.png",
+                   "--reference", inputs / "reference.png", "--models", models_dir, "--steps", 2,
+                   "--keep-shape", "--seed", 4, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "step 2/2" in done.stderr
+    with Image.open(out) as image, Image.open(inputs / "source.png") as source:
+        assert image.size == source.size and image.mode == "RGB"
+
+    refused = run_cli("edit", "--source", inputs / "source.png", "--mask", inputs / "mask.png",
+                      "--reference", inputs / "reference.png", "--models", models_dir, "--steps", 1, "--out", out)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+
+
+def test_edit_with_explicit_files_and_the_config_dir_from_the_environment(fixture_dir, tmp_path):
+    inputs = fixture_dir / "inputs"
+    done = run_cli("edit", "--source", inputs / "source.png", "--mask", inputs / "mask.png",
+                   "--reference", inputs / "reference.png", "--checkpoint", fixture_dir / "mimicbrush_tiny.bin",
+                   "--vae", fixture_dir / "vae", "--depth-model", fixture_dir / "depth_anything_tiny_hf",
+                   "--steps", 1, "--samples", 2, "--out", tmp_path / "many.png",
+                   env_extra={"MIMICBRUSH_CONFIG_DIR": str(fixture_dir)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "many_0.png").is_file() and (tmp_path / "many_1.png").is_file()
+
+
+def test_a_missing_model_file_names_the_file_and_where_to_get_it(fixture_dir, tmp_path):
+    inputs = fixture_dir / "inputs"
+    done = run_cli("edit", "--source", inputs / "source.png", "--mask", inputs / "mask.png",
+                   "--reference", inputs / "reference.png", "--models", tmp_path, "--out", tmp_path / "x.png")
+    assert done.returncode == 2
+    assert "mimicbrush/mimicbrush.safetensors" in done.stderr and "xichenhku/MimicBrush" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_empty_mask_is_refused_before_any_model_loads(fixture_dir, models_dir, tmp_path):
+    inputs = fixture_dir / "inputs"
+    Image.new("L", (640, 480), 0).save(tmp_path / "empty.png")
+    done = run_cli("edit", "--source", inputs / "source.png", "--mask", tmp_path / "empty.png",
+                   "--reference", inputs / "reference.png", "--models", models_dir, "--out", tmp_path / "x.png")
+    assert done.returncode == 2 and "mask is empty" in done.stderr
+    assert not (tmp_path / "x.png").exists()

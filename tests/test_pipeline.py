@@ -1,0 +1,124 @@
+"""Behaviour of an edit beyond parity: seeds, batches, reuse, callbacks, stopping, dtypes, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mimic_core.errors import EditInterrupted, InputError, ModelFileError
+from mimic_core.pipeline import MimicBrushPipeline
+
+from tests.support import as_image_tensor
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def inputs(fixture_images):
+    return (as_image_tensor(fixture_images["source"]),
+            torch.from_numpy(fixture_images["mask"].astype(np.float32)),
+            as_image_tensor(fixture_images["reference"]))
+
+
+def test_same_seed_same_result_other_seed_other_result(tiny_pipeline, inputs):
+    first = tiny_pipeline.edit(*inputs, steps=STEPS, seed=7)
+    again = tiny_pipeline.edit(*inputs, steps=STEPS, seed=7)
+    other = tiny_pipeline.edit(*inputs, steps=STEPS, seed=8)
+    assert torch.equal(first.latents, again.latents)
+    assert not torch.allclose(first.latents, other.latents, atol=1e-2)
+
+
+def test_an_encoded_reference_reused_gives_the_one_shot_result(tiny_pipeline, inputs):
+    source, mask, reference = inputs
+    encoded = tiny_pipeline.encode_reference(reference)
+    one_shot = tiny_pipeline.edit(source, mask, reference, steps=STEPS, seed=3)
+    reused = tiny_pipeline.edit(source, mask, encoded, steps=STEPS, seed=3)
+    assert torch.equal(one_shot.latents, reused.latents)
+
+
+def test_a_batch_of_samples(tiny_pipeline, inputs):
+    single = tiny_pipeline.edit(*inputs, steps=STEPS, seed=11)
+    batch = tiny_pipeline.edit(*inputs, steps=STEPS, seed=11, num_samples=3)
+    assert batch.images.shape == (3, 480, 640, 3) and batch.latents.shape == (3, 4, 64, 64)
+    # the first sample's initial noise is the single run's; the rest differ from it
+    torch.testing.assert_close(batch.latents[0], single.latents[0], atol=1e-3, rtol=0)
+    assert not torch.allclose(batch.latents[1], batch.latents[0], atol=1e-2)
+
+
+def test_callback_sees_every_step_and_should_stop_ends_the_edit(tiny_pipeline, inputs):
+    seen = []
+    tiny_pipeline.edit(*inputs, steps=STEPS, callback=lambda step, total, latents: seen.append((step, total, latents.shape)))
+    assert seen == [(i, STEPS, (1, 4, 64, 64)) for i in range(1, STEPS + 1)]
+    asked = []
+
+    def stop_after_two():
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(EditInterrupted, match="before step 3"):
+        tiny_pipeline.edit(*inputs, steps=STEPS, should_stop=stop_after_two)
+    # nothing is left installed on the shared models: a normal edit still matches
+    assert torch.equal(tiny_pipeline.edit(*inputs, steps=STEPS, seed=7).latents,
+                       tiny_pipeline.edit(*inputs, steps=STEPS, seed=7).latents)
+    assert all(type(p).__name__ == "AttnProcessor2_0" for p in tiny_pipeline.models.unet.attn_processors.values())
+
+
+def test_outside_the_feathered_mask_the_source_is_untouched(tiny_pipeline, inputs, fixture_images):
+    result = tiny_pipeline.edit(*inputs, steps=STEPS)
+    out = (result.images[0] * 255).round().to(torch.uint8).numpy()
+    mask = fixture_images["mask"]
+    far = np.ones_like(mask, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    far[max(ys.min() - 12, 0): ys.max() + 13, max(xs.min() - 12, 0): xs.max() + 13] = False
+    assert np.array_equal(out[far], fixture_images["source"][far])
+    assert not np.array_equal(out[mask > 0], fixture_images["source"][mask > 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_runs_close_to_float32(fixture_dir, inputs, tiny_pipeline, dtype):
+    from mimic_core.models import load_models
+
+    models = load_models(fixture_dir / "mimicbrush_tiny.safetensors", fixture_dir / "vae",
+                         fixture_dir / "depth_anything_tiny_hf", config_dir=fixture_dir, dtype=dtype)
+    result = MimicBrushPipeline(models).edit(*inputs, steps=1, seed=5)
+    reference = tiny_pipeline.edit(*inputs, steps=1, seed=5)
+    assert result.latents.dtype == dtype and torch.isfinite(result.latents).all()
+    assert (result.latents.float() - reference.latents).abs().mean() < 0.1
+
+
+def test_no_guidance_runs_the_conditional_branch_only(tiny_pipeline, inputs):
+    calls = []
+    hook = tiny_pipeline.models.unet.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    try:
+        tiny_pipeline.edit(*inputs, steps=2, guidance=1.0)
+    finally:
+        hook.remove()
+    assert calls == [1, 1]
+
+
+def test_bad_inputs_get_clear_errors(tiny_pipeline, inputs):
+    source, mask, reference = inputs
+    with pytest.raises(InputError, match="mask is empty"):
+        tiny_pipeline.edit(source, torch.zeros_like(mask), reference, steps=1)
+    with pytest.raises(InputError, match="steps must be at least 1"):
+        tiny_pipeline.edit(source, mask, reference, steps=0)
+    with pytest.raises(InputError, match="channels"):
+        tiny_pipeline.edit(source[..., :2].repeat(1, 1, 1, 3), mask, reference, steps=1)
+
+
+def test_full_mask_gray_and_rgba_inputs_and_a_mask_of_another_size(tiny_pipeline, inputs):
+    source, mask, reference = inputs
+    full = tiny_pipeline.edit(source, torch.ones_like(mask), reference, steps=1)
+    assert full.images.shape == (1, 480, 640, 3)
+    gray_source = source.mean(dim=-1, keepdim=True)
+    rgba_reference = torch.cat([reference, torch.rand_like(reference[..., :1])], dim=-1)
+    small_mask = torch.nn.functional.interpolate(mask[None, None], size=(120, 160), mode="nearest")[0]
+    result = tiny_pipeline.edit(gray_source, small_mask, rgba_reference, steps=1)
+    assert result.images.shape == (1, 480, 640, 3)
+
+
+def test_without_a_depth_model_the_error_says_which_file(tiny_models, inputs):
+    models = type(tiny_models)(**{**tiny_models.modules(), "depth_model": None})
+    with pytest.raises(ModelFileError, match="depth_anything_vitb14.pth"):
+        MimicBrushPipeline(models).edit(*inputs, steps=1)
