@@ -21,9 +21,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import preprocess as pre
 from .attention import install_reference_attention
-from .depth import depth_input_from_image, estimate_depth
 from .errors import EditInterrupted, InputError, ModelFileError
 from .models import MimicBrushModels
+from .shape_control import blank_depth_map, square_depth_map
 
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 5.0
@@ -77,13 +77,18 @@ def make_scheduler() -> DDIMScheduler:
 
 
 class MimicBrushPipeline:
-    """Runs edits with one set of loaded models. Holds no state between edits but a small cache
-    of the depth map of the blank image (what "shape control off" feeds the depth model)."""
+    """Runs edits with one set of loaded models.
 
-    def __init__(self, models: MimicBrushModels, working_size: int = pre.WORKING_SIZE):
+    It holds no state between edits but the depth map of the blank input (what "shape control
+    off" feeds the guider), computed once; pass ``blank_depth`` when it was computed elsewhere
+    (then no depth model is needed for edits with shape control off).
+    """
+
+    def __init__(self, models: MimicBrushModels, working_size: int = pre.WORKING_SIZE,
+                 blank_depth: torch.Tensor | None = None):
         self.models = models
         self.working_size = working_size
-        self._blank_depth: torch.Tensor | None = None
+        self._blank_depth = blank_depth
 
     @property
     def latent_size(self) -> int:
@@ -118,15 +123,14 @@ class MimicBrushPipeline:
     def depth_map(self, source: torch.Tensor | None) -> torch.Tensor:
         """Depth of the square-padded source; ``None`` gives the depth of the blank input that
         the released model sees when shape control is off (not a zero map)."""
+        if source is None and self._blank_depth is not None:
+            return self._blank_depth
         if self.models.depth_model is None:
             raise ModelFileError("No depth model is loaded. " + DEPTH_MODEL_HINT)
         if source is None:
-            if self._blank_depth is None:
-                blank = torch.zeros(1, 3, 518, 518)
-                self._blank_depth = estimate_depth(self.models.depth_model, blank)
+            self._blank_depth = blank_depth_map(self.models.depth_model)
             return self._blank_depth
-        padded = pre.pad_to_square(pre.image_to_uint8(source, "source image"), 255)
-        return estimate_depth(self.models.depth_model, depth_input_from_image(padded))
+        return square_depth_map(self.models.depth_model, pre.image_to_uint8(source, "source image"))
 
     @torch.inference_mode()
     def edit(self, source: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | EncodedReference, *,

@@ -52,8 +52,9 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
     """One mask as an ``H x W`` uint8 array of 0/1 (1 = edit), at the source's size.
 
     Binarised at half range, like the demo's ``> 128`` on 8-bit masks. A mask of another size
-    than the source is resized to it with nearest-neighbour sampling (and a warning), so its
-    hard edge survives; an empty mask is an error, since there would be nothing to edit.
+    but the same aspect ratio as the source (the same mask at another resolution) is resized to
+    it with nearest-neighbour sampling, with a warning; a mask of another aspect ratio belongs
+    to another image and is refused. An empty mask is an error: there would be nothing to edit.
     """
     if mask.ndim == 3:
         if mask.shape[0] != 1:
@@ -63,6 +64,12 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
         raise InputError(f"The mask must be [H, W] (or [1, H, W]), got shape {tuple(mask.shape)}.")
     mask = mask.detach().to("cpu", torch.float32)
     if tuple(mask.shape) != (height, width):
+        if abs(mask.shape[0] * width - mask.shape[1] * height) > max(mask.shape[0], height, mask.shape[1], width):
+            raise InputError(
+                f"The mask is {mask.shape[1]}x{mask.shape[0]} but the source image is {width}x{height}, "
+                "another aspect ratio: it was not drawn on this image. Use a mask made from this image "
+                "(or resize it to the image's size first)."
+            )
         logger.warning("Mask is %dx%d but the source is %dx%d; resizing the mask (nearest) to the source.",
                        mask.shape[1], mask.shape[0], width, height)
         mask = torch.nn.functional.interpolate(mask[None, None], size=(height, width), mode="nearest")[0, 0]

@@ -60,6 +60,8 @@ def test_masks_empty_full_and_of_another_size():
     assert pre.mask_to_binary(torch.ones(1, 4, 6), 4, 6).all()
     resized = pre.mask_to_binary(torch.ones(2, 3), 40, 60)
     assert resized.shape == (40, 60) and resized.all()
+    with pytest.raises(InputError, match="another aspect ratio"):
+        pre.mask_to_binary(torch.ones(64, 64), 480, 640)
 
 
 def test_a_uint8_round_trip_through_comfy_floats_is_exact(fixture_images):
