@@ -58,6 +58,10 @@ class EncodedReference:
     embeds_cond: torch.Tensor
     embeds_uncond: torch.Tensor
 
+    def to(self, device: torch.device, dtype: torch.dtype) -> "EncodedReference":
+        return EncodedReference(*(t.to(device=device, dtype=dtype) for t in
+                                  (self.latent_mean, self.latent_std, self.embeds_cond, self.embeds_uncond)))
+
 
 @dataclass
 class EditResult:
@@ -156,7 +160,10 @@ class MimicBrushPipeline:
         source_uint8 = pre.image_to_uint8(source, "source image")
         height, width = source_uint8.shape[:2]
         binary_mask = pre.mask_to_binary(mask, height, width)
-        encoded = reference if isinstance(reference, EncodedReference) else self.encode_reference(reference)
+        if isinstance(reference, EncodedReference):
+            encoded = reference.to(self.models.device, self.models.dtype)
+        else:
+            encoded = self.encode_reference(reference)
 
         padded_source = pre.pad_to_square(source_uint8, 255)
         padded_mask = pre.pad_to_square(binary_mask, 0)

@@ -1,0 +1,87 @@
+"""Loader nodes: MimicBrush itself and Depth Anything."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import torch
+
+from .comfy_bridge import PRECISIONS, choose_dtype, make_patcher
+from .handles import DEPTH_MODEL_TYPE, MODEL_TYPE, DepthAnythingModel, MimicBrushModel
+from .model_folders import DEPTH_FOLDER, MIMICBRUSH_FOLDER, model_choices, resolve_model_path
+
+CATEGORY = "MimicBrush"
+PRECISION_TOOLTIP = ("Weight precision. auto: fp16 (or bf16) on a GPU that supports it, fp32 on the CPU. "
+                     "fp32 is the exact reference; half precision halves memory.")
+
+
+class MimicBrushLoader:
+    DESCRIPTION = ("Loads MimicBrush: the imitative and reference U-Nets, the CLIP image encoder with its "
+                   "projection and the depth guider from one checkpoint (models/mimicbrush: the authors' "
+                   "mimicbrush.bin or its converted .safetensors), plus the SD VAE from models/vae. "
+                   "Loaded once and reused; ComfyUI decides what stays on the GPU.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("mimicbrush",)
+    OUTPUT_TOOLTIPS = ("The loaded MimicBrush model, for the reference encoder and the imitative sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "checkpoint": (model_choices(MIMICBRUSH_FOLDER), {
+                "tooltip": "MimicBrush checkpoint in models/mimicbrush: mimicbrush.bin (9.4 GB, Hugging Face "
+                           "xichenhku/MimicBrush) or its conversion by 'python -m mimic_core convert' (faster)."}),
+            "vae": (model_choices("vae"), {
+                "tooltip": "The SD 1.x VAE in models/vae; the authors use sd-vae-ft-mse."}),
+            "depth_model": (DEPTH_MODEL_TYPE, {
+                "tooltip": "Depth Anything from the Depth Anything loader. MimicBrush needs it even with shape "
+                           "control off: the released model then sees the depth of a blank image."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
+        }}
+
+    def load(self, checkpoint, vae, depth_model, precision):
+        from ..mimic_core.checkpoint import read_checkpoint
+        from ..mimic_core.components import build_components
+        from ..mimic_core.model_files import WHERE_TO_DOWNLOAD
+        from ..mimic_core.models import MimicBrushModels
+        from ..mimic_core.pipeline import MimicBrushPipeline
+        from ..mimic_core.shape_control import blank_depth_map
+        from ..mimic_core.vae import load_vae
+
+        checkpoint_path = resolve_model_path(MIMICBRUSH_FOLDER, checkpoint, "MimicBrush checkpoint",
+                                             WHERE_TO_DOWNLOAD["checkpoint"])
+        vae_path = resolve_model_path("vae", vae, "VAE", WHERE_TO_DOWNLOAD["vae"])
+        dtype = choose_dtype(precision, mm.get_torch_device())
+        models = MimicBrushModels(**build_components(read_checkpoint(checkpoint_path)), vae=load_vae(vae_path))
+        blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
+        patcher = make_patcher(models.modules(), dtype)
+        return (MimicBrushModel(MimicBrushPipeline(models, blank_depth=blank_depth), patcher),)
+
+
+class DepthAnythingLoader:
+    DESCRIPTION = ("Loads Depth Anything from models/depth_anything: the authors' depth_anything_vitb14.pth "
+                   "(original layout) or a transformers-format folder (V1 or V2, any size; pick its "
+                   "model.safetensors).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DEPTH_MODEL_TYPE,)
+    RETURN_NAMES = ("depth_model",)
+    OUTPUT_TOOLTIPS = ("The depth model, for the MimicBrush loader and the depth node.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (model_choices(DEPTH_FOLDER), {
+                "tooltip": "depth_anything_vitb14.pth (390 MB, from xichenhku/MimicBrush, folder depth_model/) "
+                           "or the model.safetensors of a transformers Depth Anything folder."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
+        }}
+
+    def load(self, model, precision):
+        from ..mimic_core.depth import load_depth_model
+        from ..mimic_core.model_files import WHERE_TO_DOWNLOAD
+
+        path = resolve_model_path(DEPTH_FOLDER, model, "Depth Anything model", WHERE_TO_DOWNLOAD["depth"])
+        network = load_depth_model(path)
+        dtype = choose_dtype(precision, mm.get_torch_device())
+        return (DepthAnythingModel(network, make_patcher({"depth_model": network}, dtype)),)
