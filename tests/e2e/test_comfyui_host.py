@@ -1,0 +1,207 @@
+"""The node pack inside a real ComfyUI server: loading, workflows, errors, cancel, repeat runs."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import subprocess
+import sys
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e.comfy_host import CHECKPOINT, DEPTH, HOST_SCRIPTS, NODE_TYPES, VAE, error_message, run_prompt
+from tests.support import REPO
+
+WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+TEST_STEPS = 2
+
+
+def for_tiny_host(prompt: dict, steps: int = TEST_STEPS) -> dict:
+    """A shipped API workflow pointed at the fixture models, with few steps."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "MimicBrushLoader":
+            inputs.update(checkpoint=CHECKPOINT, vae=VAE)
+        elif node["class_type"] == "DepthAnythingLoader":
+            inputs["model"] = DEPTH
+        elif node["class_type"] == "MimicBrushSampler":
+            inputs["steps"] = steps
+    return prompt
+
+
+def ui_for_tiny_host(workflow: dict, steps: int = TEST_STEPS) -> dict:
+    """The same change on a UI-format workflow (its widget values, in the page's order)."""
+    workflow = copy.deepcopy(workflow)
+    for node in workflow["nodes"]:
+        values = node["widgets_values"]
+        if node["type"] == "MimicBrushLoader":
+            values[0], values[1] = CHECKPOINT, VAE
+        elif node["type"] == "DepthAnythingLoader":
+            values[0] = DEPTH
+        elif node["type"] == "MimicBrushSampler":
+            values[0] = steps
+    return workflow
+
+
+def test_the_pack_imports_cleanly_and_every_node_is_documented(comfy_host):
+    log = comfy_host.log()
+    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+    info = comfy_host.client.object_info()
+    for node_type in NODE_TYPES:
+        node = info[node_type]
+        assert node["category"] == "MimicBrush" and node["description"]
+        inputs = {**node["input"]["required"], **node["input"].get("optional", {})}
+        for name, spec in inputs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_type}.{name} has no tooltip"
+
+
+def _source_and_mask(name: str):
+    with Image.open(REPO / "workflows" / "inputs" / name) as image:
+        rgba = np.asarray(image.convert("RGBA"))
+    return rgba[..., :3], rgba[..., 3] < 128
+
+
+def _far_from(mask: np.ndarray, margin: int) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    far = np.ones_like(mask)
+    far[max(ys.min() - margin, 0): ys.max() + margin + 1, max(xs.min() - margin, 0): xs.max() + margin + 1] = False
+    return far
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_api_workflow_runs_and_leaves_the_rest_of_the_source_alone(comfy_host, workflow):
+    prompt = for_tiny_host(json.loads(workflow.read_text()))
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    samplers = [nid for nid, node in prompt.items() if node["class_type"] == "MimicBrushSampler"]
+    for sampler_id in samplers:
+        source_node = prompt[prompt[sampler_id]["inputs"]["source"][0]]
+        source, mask = _source_and_mask(source_node["inputs"]["image"])
+        save_id = next(nid for nid, node in prompt.items()
+                       if node["class_type"] == "SaveImage" and node["inputs"]["images"][0] == sampler_id)
+        with Image.open(comfy_host.output_file(entry, save_id)) as output:
+            result = np.asarray(output.convert("RGB"))
+        assert result.shape == source.shape
+        far = _far_from(mask, 12)
+        assert np.array_equal(result[far], source[far])
+        assert not np.array_equal(result[mask], source[mask])
+
+
+@pytest.mark.parametrize("workflow", sorted((REPO / "workflows").glob("*.json")), ids=lambda p: p.stem)
+def test_every_ui_workflow_loads_and_runs_from_the_browser(comfy_host, chromium, artifacts_dir, tmp_path, workflow):
+    adapted = tmp_path / workflow.name
+    adapted.write_text(json.dumps(ui_for_tiny_host(json.loads(workflow.read_text()))))
+    shot = artifacts_dir / f"{workflow.stem}.png"
+    done = subprocess.run([sys.executable, str(HOST_SCRIPTS / "browser_check.py"), "--queue", comfy_host.url + "/",
+                           str(adapted), str(shot)], capture_output=True, text=True, timeout=600)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "missing in the page: none" in done.stdout and "queued run: success" in done.stdout
+    assert shot.is_file()
+
+
+def _upload(comfy_host, tmp_path, name: str, image: Image.Image) -> str:
+    path = tmp_path / name
+    image.save(path)
+    return comfy_host.client.upload_image(str(path))
+
+
+def _base_prompt() -> dict:
+    return for_tiny_host(json.loads((REPO / "workflows" / "api" / "mimicbrush_part_composition.json").read_text()))
+
+
+def _assert_next_prompt_succeeds(comfy_host, seed: int):
+    prompt = _base_prompt()
+    prompt["6"]["inputs"]["seed"] = seed
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+
+
+def test_an_empty_mask_is_an_execution_error_that_says_what_to_do(comfy_host, tmp_path):
+    source, _ = _source_and_mask("mimicbrush_source.png")
+    opaque = Image.fromarray(np.dstack([source, np.full(source.shape[:2], 255, np.uint8)]), "RGBA")
+    prompt = _base_prompt()
+    prompt["3"]["inputs"]["image"] = _upload(comfy_host, tmp_path, "no_mask.png", opaque)
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "error"
+    assert "mask is empty" in error_message(entry) and "paint" in error_message(entry)
+    _assert_next_prompt_succeeds(comfy_host, 101)
+
+
+def test_a_mask_of_another_image_is_an_execution_error(comfy_host, tmp_path):
+    prompt = _base_prompt()
+    prompt["20"] = {"class_type": "LoadImageMask", "inputs": {
+        "image": _upload(comfy_host, tmp_path, "square_mask.png", Image.new("L", (300, 300), 255)), "channel": "red"}}
+    prompt["6"]["inputs"]["mask"] = ["20", 0]
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "error"
+    assert "another aspect ratio" in error_message(entry) and "mask made from this image" in error_message(entry)
+    _assert_next_prompt_succeeds(comfy_host, 102)
+
+
+def test_a_missing_or_broken_model_file_is_an_execution_error_naming_the_fix(comfy_host):
+    folder = comfy_host.comfy / "models" / "mimicbrush"
+    gone, broken = folder / "mimicbrush_gone.safetensors", folder / "mimicbrush_broken.safetensors"
+    gone.symlink_to(folder / "no_such_file.safetensors")  # listed by ComfyUI, but not there
+    broken.write_bytes((folder / CHECKPOINT).read_bytes()[:5000])
+    try:
+        for name, expected in ((gone.name, "Download"), (broken.name, "truncated or corrupt")):
+            prompt = _base_prompt()
+            prompt["2"]["inputs"]["checkpoint"] = name
+            entry = run_prompt(comfy_host, prompt)
+            assert entry["status"]["status_str"] == "error"
+            assert expected in error_message(entry), error_message(entry)
+    finally:
+        gone.unlink()
+        broken.unlink()
+    _assert_next_prompt_succeeds(comfy_host, 103)
+
+
+def test_interrupt_ends_sampling_within_one_step(comfy_host):
+    """Counts the progress events (one per step) that arrive after POST /interrupt: at most the step
+    already running may finish."""
+    prompt = _base_prompt()
+    prompt["6"]["inputs"].update(steps=400, seed=104)
+    warm = run_prompt(comfy_host, for_tiny_host(prompt, steps=1))  # loads everything: the long run only samples
+    assert warm["status"]["status_str"] == "success"
+    events = asyncio.run(_interrupt_after(comfy_host, prompt, steps_before=3))
+    after = events[events.index("interrupt sent") + 1:]
+    assert after[-1] == "execution_interrupted", events[-10:]
+    assert after.count("progress") <= 1, events[-10:]
+    _assert_next_prompt_succeeds(comfy_host, 105)
+
+
+async def _interrupt_after(comfy_host, prompt: dict, steps_before: int) -> list[str]:
+    client = comfy_host.client
+    events: list[str] = []
+    ws_url = comfy_host.url.replace("http", "ws") + f"/ws?clientId={client.client_id}"
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+        client.queue(prompt)
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue  # previews
+            kind = json.loads(message.data)["type"]
+            if kind not in ("progress", "execution_interrupted", "execution_error"):
+                continue
+            events.append(kind)
+            if kind != "progress":
+                break
+            if events.count("progress") == steps_before and "interrupt sent" not in events:
+                client.interrupt()
+                events.append("interrupt sent")
+    return events
+
+
+def test_repeated_edits_succeed_reproduce_and_do_not_grow_memory(comfy_host):
+    from bench.soak import soak
+
+    report = soak(comfy_host.client, comfy_host.resident_memory_kib, for_tiny_host, edits=6, steps=TEST_STEPS)
+    print(report)
+    assert report["failures"] == 0
+    assert report["same_seed_same_bytes"]
+    assert report["rss_growth"] < 0.05, report

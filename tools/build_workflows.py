@@ -1,0 +1,168 @@
+"""Write the shipped workflows, UI format (workflows/*.json) and API format (workflows/api/*.json),
+from one description each, so the two copies never drift apart.
+
+    python tools/build_workflows.py          # rewrite both copies
+    python tools/build_workflows.py --check  # exit 1 if the files differ from what would be written
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "workflows"
+
+# Link slots of every node type used: (inputs, outputs) as (name, type) pairs, in ComfyUI's order.
+SLOTS = {
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SaveImage": ([("images", "IMAGE")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "DepthAnythingLoader": ([], [("depth_model", "DEPTH_ANYTHING")]),
+    "MimicBrushLoader": ([("depth_model", "DEPTH_ANYTHING")], [("mimicbrush", "MIMICBRUSH_MODEL")]),
+    "MimicBrushEncodeReference": ([("mimicbrush", "MIMICBRUSH_MODEL"), ("image", "IMAGE")],
+                                  [("reference", "MIMICBRUSH_REFERENCE")]),
+    "MimicBrushDepth": ([("depth_model", "DEPTH_ANYTHING"), ("image", "IMAGE")],
+                        [("depth_image", "IMAGE"), ("shape_depth", "MIMICBRUSH_DEPTH")]),
+    "MimicBrushSampler": ([("mimicbrush", "MIMICBRUSH_MODEL"), ("source", "IMAGE"), ("mask", "MASK"),
+                           ("reference", "MIMICBRUSH_REFERENCE"), ("shape_depth", "MIMICBRUSH_DEPTH")],
+                          [("image", "IMAGE"), ("latent", "LATENT")]),
+}
+# Widgets that the page shows but that are not inputs of the node (they follow the named widget).
+UI_ONLY_WIDGETS = {("LoadImage", "image"): "image", ("MimicBrushSampler", "seed"): "fixed"}
+OPTIONAL_INPUTS = {("MimicBrushSampler", "shape_depth")}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
+    title: str | None = None
+    size: tuple[int, int] = (320, 130)
+
+
+def loaders(checkpoint_y: int = 80) -> list[Node]:
+    return [
+        Node(1, "DepthAnythingLoader", (40, checkpoint_y), {"model": "depth_anything_vitb14.pth", "precision": "auto"}),
+        Node(2, "MimicBrushLoader", (40, checkpoint_y + 170),
+             {"checkpoint": "mimicbrush.bin", "vae": "sd-vae-ft-mse/diffusion_pytorch_model.safetensors",
+              "precision": "auto"}, {"depth_model": (1, 0)}, size=(360, 130)),
+    ]
+
+
+def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=42, title=None) -> Node:
+    links = {"mimicbrush": (2, 0), "source": source, "mask": mask, "reference": reference}
+    if shape_depth is not None:
+        links["shape_depth"] = shape_depth
+    return Node(node_id, "MimicBrushSampler", pos,
+                {"steps": 50, "guidance": 5.0, "seed": seed, "batch_size": 1}, links, title, (340, 260))
+
+
+WORKFLOWS = {
+    "mimicbrush_part_composition": [
+        *loaders(),
+        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source (paint the mask in the mask editor)",
+             size=(320, 360)),
+        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 360)),
+        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        sampler(6, (840, 160), (3, 0), (3, 1), (5, 0)),
+        Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush"}, {"images": (6, 0)}, size=(400, 400)),
+    ],
+    "mimicbrush_texture_transfer": [
+        *loaders(),
+        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source (mask the whole object)",
+             size=(320, 360)),
+        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_texture.png"}, title="Texture reference", size=(320, 360)),
+        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        Node(8, "MimicBrushDepth", (480, 60), links={"depth_model": (1, 0), "image": (3, 0)}, size=(300, 80)),
+        Node(9, "PreviewImage", (840, 520), links={"images": (8, 0)}, title="Depth (shape control)", size=(320, 300)),
+        sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), shape_depth=(8, 1)),
+        Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_texture"}, {"images": (6, 0)},
+             size=(400, 400)),
+    ],
+    "mimicbrush_one_reference_many_edits": [
+        *loaders(),
+        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source A", size=(320, 360)),
+        Node(10, "LoadImage", (40, 840), {"image": "mimicbrush_source_2.png"}, title="Source B", size=(320, 360)),
+        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference (encoded once)",
+             size=(320, 360)),
+        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), title="Edit A"),
+        sampler(11, (840, 640), (10, 0), (10, 1), (5, 0), seed=7, title="Edit B"),
+        Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_a"}, {"images": (6, 0)}, size=(400, 400)),
+        Node(12, "SaveImage", (1220, 640), {"filename_prefix": "mimicbrush_b"}, {"images": (11, 0)}, size=(400, 400)),
+    ],
+}
+
+
+def api_format(nodes: list[Node]) -> dict:
+    prompt = {}
+    for node in sorted(nodes, key=lambda n: n.id):
+        inputs = dict(node.widgets)
+        inputs.update({name: [str(source), slot] for name, (source, slot) in node.links.items()})
+        entry = {"class_type": node.type, "inputs": inputs}
+        if node.title:
+            entry["_meta"] = {"title": node.title}
+        prompt[str(node.id)] = entry
+    return prompt
+
+
+def ui_format(nodes: list[Node]) -> dict:
+    links, by_target = [], {}
+    for node in nodes:
+        for name, (source, slot) in node.links.items():
+            link_id = len(links) + 1
+            source_type = SLOTS[next(n.type for n in nodes if n.id == source)][1][slot][1]
+            links.append([link_id, source, slot, node.id, [n for n, _ in SLOTS[node.type][0]].index(name), source_type])
+            by_target[(node.id, name)] = link_id
+    ui_nodes = []
+    for order, node in enumerate(nodes):
+        inputs = [{"name": name, "type": kind, "link": by_target.get((node.id, name))}
+                  for name, kind in SLOTS[node.type][0]
+                  if (node.id, name) in by_target or (node.type, name) not in OPTIONAL_INPUTS]
+        outputs = []
+        for slot, (name, kind) in enumerate(SLOTS[node.type][1]):
+            out_links = [link[0] for link in links if link[1] == node.id and link[2] == slot]
+            outputs.append({"name": name, "type": kind, "links": out_links or None, "shape": 3, "slot_index": slot})
+        widgets = []
+        for name, value in node.widgets.items():
+            widgets.append(value)
+            if (node.type, name) in UI_ONLY_WIDGETS:
+                widgets.append(UI_ONLY_WIDGETS[(node.type, name)])
+        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+                 "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                 "properties": {"Node name for S&R": node.type}, "widgets_values": widgets}
+        if node.title:
+            entry["title"] = node.title
+        ui_nodes.append(entry)
+    return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes,
+            "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def rendered() -> dict[Path, str]:
+    files = {}
+    for name, nodes in WORKFLOWS.items():
+        files[ROOT / f"{name}.json"] = json.dumps(ui_format(nodes), indent=2) + "\n"
+        files[ROOT / "api" / f"{name}.json"] = json.dumps(api_format(nodes), indent=2) + "\n"
+    return files
+
+
+def main(argv: list[str]) -> int:
+    files = rendered()
+    if "--check" in argv:
+        stale = [str(p) for p, text in files.items() if not p.is_file() or p.read_text() != text]
+        for path in stale:
+            print(f"out of date: {path}", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
