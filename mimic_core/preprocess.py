@@ -63,6 +63,9 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
     if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
         raise InputError(f"The mask must be [H, W] (or [1, H, W]), got shape {tuple(mask.shape)}.")
     mask = mask.detach().to("cpu", torch.float32)
+    if not (mask > 0.5).any():
+        raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit; in "
+                         "ComfyUI, paint it with the mask editor or connect a MASK from a segmenter).")
     if tuple(mask.shape) != (height, width):
         if abs(mask.shape[0] * width - mask.shape[1] * height) > max(mask.shape[0], height, mask.shape[1], width):
             raise InputError(
@@ -75,7 +78,8 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
         mask = torch.nn.functional.interpolate(mask[None, None], size=(height, width), mode="nearest")[0, 0]
     binary = (mask > 0.5).to(torch.uint8).numpy()
     if not binary.any():
-        raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit).")
+        raise InputError("The mask's painted region vanished when it was resized to the source: paint a larger "
+                         "region, or make the mask at the source's size.")
     return np.ascontiguousarray(binary)
 
 

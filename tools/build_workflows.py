@@ -79,7 +79,7 @@ WORKFLOWS = {
         Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_texture.png"}, title="Texture reference", size=(320, 360)),
         Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
         Node(8, "MimicBrushDepth", (480, 60), links={"depth_model": (1, 0), "image": (3, 0)}, size=(300, 80)),
-        Node(9, "PreviewImage", (840, 520), links={"images": (8, 0)}, title="Depth (shape control)", size=(320, 300)),
+        Node(9, "PreviewImage", (1220, 600), links={"images": (8, 0)}, title="Depth (shape control)", size=(320, 300)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), shape_depth=(8, 1)),
         Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_texture"}, {"images": (6, 0)},
              size=(400, 400)),

@@ -200,7 +200,7 @@ async def _interrupt_after(comfy_host, prompt: dict, steps_before: int) -> list[
 def test_repeated_edits_succeed_reproduce_and_do_not_grow_memory(comfy_host):
     from bench.soak import soak
 
-    report = soak(comfy_host.client, comfy_host.resident_memory_kib, for_tiny_host, edits=6, steps=TEST_STEPS)
+    report = soak(comfy_host.client, comfy_host.resident_memory_kib, for_tiny_host, edits=10, steps=TEST_STEPS)
     print(report)
     assert report["failures"] == 0
     assert report["same_seed_same_bytes"]
