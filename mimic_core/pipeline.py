@@ -11,7 +11,7 @@ blended into the source with a feathered mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import preprocess as pre
 from .attention import install_reference_attention
+from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
 from .errors import EditInterrupted, InputError, ModelFileError
 from .models import MimicBrushModels
 from .shape_control import blank_depth_map, square_depth_map
@@ -49,30 +50,32 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 class EncodedReference:
     """A reference image prepared once and reusable for many edits.
 
-    The VAE posterior is kept as mean and std rather than a sample, so each edit draws the
-    posterior noise from its own seed in the authors' order and gives what a one-shot run gives.
+    The VAE posterior is kept as mean and std (per working size) rather than a sample, so each
+    edit draws the posterior noise from its own seed in the authors' order and gives what a
+    one-shot run gives. ``image`` is the square-padded reference, kept to encode it at another
+    working size when an edit asks for one.
     """
 
-    latent_mean: torch.Tensor
-    latent_std: torch.Tensor
+    image: np.ndarray
     embeds_cond: torch.Tensor
     embeds_uncond: torch.Tensor
-
-    def to(self, device: torch.device, dtype: torch.dtype) -> "EncodedReference":
-        return EncodedReference(*(t.to(device=device, dtype=dtype) for t in
-                                  (self.latent_mean, self.latent_std, self.embeds_cond, self.embeds_uncond)))
+    posteriors: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
 class EditResult:
     """``images``: ``[N, H, W, 3]`` edits at the source's size, 0..1. ``latents``: the final
-    (scaled) latents ``[N, 4, 64, 64]``. ``square``: the ``N x 512 x 512 x 3`` uint8 model output
-    before paste-back. ``depth_map``: the depth estimate the depth feature was made from."""
+    (scaled) latents ``[N, 4, s/8, s/8]`` of the square that was edited (the last one when each
+    masked region is edited on its own). ``square``: that square's ``N x s x s x 3`` uint8 model
+    output before stitching. ``depth_map``: the depth the (last) depth feature was made from."""
 
     images: torch.Tensor
     latents: torch.Tensor
     square: np.ndarray
     depth_map: torch.Tensor
+
+
+REGIONS = ("whole", "crop", "crop_each")
 
 
 def make_scheduler() -> DDIMScheduler:
@@ -94,9 +97,8 @@ class MimicBrushPipeline:
         self.working_size = working_size
         self._blank_depth = blank_depth
 
-    @property
-    def latent_size(self) -> int:
-        return self.working_size // (2 ** (len(self.models.vae.config.block_out_channels) - 1))
+    def latent_size(self, working_size: int) -> int:
+        return working_size // (2 ** (len(self.models.vae.config.block_out_channels) - 1))
 
     @property
     def scaling_factor(self) -> float:
@@ -106,8 +108,8 @@ class MimicBrushPipeline:
         return tensor.to(device=self.models.device, dtype=self.models.dtype)
 
     @torch.inference_mode()
-    def _posterior(self, image_uint8: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self._to_model(pre.to_model_range(pre.resize_lanczos(image_uint8, self.working_size)))
+    def _posterior(self, image_uint8: np.ndarray, working_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self._to_model(pre.to_model_range(pre.resize_lanczos(image_uint8, working_size)))
         posterior = self.models.vae.encode(pixels.contiguous()).latent_dist
         return posterior.mean, posterior.std
 
@@ -115,13 +117,19 @@ class MimicBrushPipeline:
     def encode_reference(self, reference: torch.Tensor) -> EncodedReference:
         """Prepare a reference image (``[1, H, W, C]`` or ``[H, W, C]``, 0..1) for any number of edits."""
         padded = pre.pad_to_square(pre.image_to_uint8(reference, "reference image"), 255)
-        mean, std = self._posterior(padded)
         pixels = self._to_model(pre.clip_pixels(padded))
         embeds = []
         for clip_input in (pixels, torch.zeros_like(pixels)):
             hidden = self.models.image_encoder(clip_input, output_hidden_states=True).hidden_states[-2]
             embeds.append(self.models.image_proj(hidden))
-        return EncodedReference(mean, std, embeds[0], embeds[1])
+        encoded = EncodedReference(padded, embeds[0], embeds[1])
+        encoded.posteriors[self.working_size] = self._posterior(padded, self.working_size)
+        return encoded
+
+    def _reference_posterior(self, encoded: EncodedReference, working_size: int):
+        if working_size not in encoded.posteriors:
+            encoded.posteriors[working_size] = self._posterior(encoded.image, working_size)
+        return tuple(t.to(self.models.device, self.models.dtype) for t in encoded.posteriors[working_size])
 
     @torch.inference_mode()
     def depth_map(self, source: torch.Tensor | None) -> torch.Tensor:
@@ -140,59 +148,95 @@ class MimicBrushPipeline:
     def edit(self, source: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | EncodedReference, *,
              keep_shape: bool = False, depth_map: torch.Tensor | None = None, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, seed: int = 0, num_samples: int = 1,
+             region: str = "whole", context: float = 2.0, min_side: int = 256, working_size: int | None = None,
              callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
              generator_device: torch.device | str | None = None) -> EditResult:
         """Regenerate the masked region of ``source`` by imitating ``reference``.
 
         ``source``: ``[1, H, W, C]`` 0..1; ``mask``: ``[H, W]`` or ``[1, H, W]``, 1 = edit (resized to
-        the source if its size differs); ``reference``: an image or an :class:`EncodedReference`.
-        ``keep_shape`` turns on shape control (the depth of the source guides the edit);
-        ``depth_map`` supplies that depth (of the square-padded source) instead of estimating it.
+        the source if it is the same shape at another size); ``reference``: an image or an
+        :class:`EncodedReference`. ``keep_shape`` turns on shape control (the depth of the source
+        guides the edit); ``depth_map`` supplies that depth (of the square-padded source) instead
+        of estimating it.
+
+        ``region`` says what is edited at ``working_size`` (default 512; a multiple of 64 up to
+        1024): ``"whole"`` the whole image padded to a square, as the authors do; ``"crop"`` a
+        square around all masked pixels (``context`` times the mask's extent, at least
+        ``min_side`` source pixels), stitched back into the untouched original; ``"crop_each"``
+        one such crop per connected masked region.
+
         The seed drives one generator on ``generator_device`` (default: the models' device, as
         the authors' code) in the authors' order: reference posterior, initial noise, collage
-        posterior. ``callback(step, total, latents)`` runs after each step; ``should_stop()`` is
-        asked before each step and ends the edit with :class:`EditInterrupted`.
+        posterior (repeated per region). ``callback(step, total, latents)`` runs after each step;
+        ``should_stop()`` is asked before each step and ends the edit with :class:`EditInterrupted`.
         """
         if steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}.")
         if num_samples < 1:
             raise InputError(f"num_samples must be at least 1, got {num_samples}.")
+        if region not in REGIONS:
+            raise InputError(f"region must be one of {', '.join(REGIONS)}, got '{region}'.")
+        working_size = working_size or self.working_size
+        if working_size % 64 or not 64 <= working_size <= 1024:
+            raise InputError(f"The working size must be a multiple of 64 from 64 to 1024, got {working_size}.")
         source_uint8 = pre.image_to_uint8(source, "source image")
         height, width = source_uint8.shape[:2]
         binary_mask = pre.mask_to_binary(mask, height, width)
         if isinstance(reference, EncodedReference):
-            encoded = reference.to(self.models.device, self.models.dtype)
+            encoded = EncodedReference(reference.image, reference.embeds_cond.to(self.models.device, self.models.dtype),
+                                       reference.embeds_uncond.to(self.models.device, self.models.dtype),
+                                       reference.posteriors)
         else:
             encoded = self.encode_reference(reference)
 
-        padded_source = pre.pad_to_square(source_uint8, 255)
-        padded_mask = pre.pad_to_square(binary_mask, 0)
-        collage = pre.make_collage(padded_source, padded_mask)
-        mask_at_size = pre.binary_mask_at(padded_mask, self.working_size)
-        if depth_map is None:
-            depth_map = self.depth_map(source if keep_shape else None)
-        depth_feature = self.models.depth_guider(self._to_model(depth_map), size=self.working_size)
+        if region == "whole":
+            regions = [(whole_image_box(height, width), binary_mask)]
+        elif region == "crop":
+            regions = [(plan_crop(binary_mask, context, min_side), binary_mask)]
+        else:
+            regions = [(plan_crop(part, context, min_side), part) for part in region_masks(binary_mask)]
+        generator = torch.Generator(device=generator_device or self.models.device).manual_seed(int(seed))
+        outputs = np.repeat(source_uint8[None], num_samples, axis=0)
+        for box, region_mask in regions:
+            if keep_shape and depth_map is None:
+                region_depth = self.depth_map(pre.uint8_to_image(cut(source_uint8, box, 255)))
+            elif keep_shape:
+                region_depth = crop_depth_map(depth_map, box, height, width)
+            else:
+                region_depth = self.depth_map(None)
+            latents, square = self._edit_square(
+                cut(source_uint8, box, 255), cut(region_mask, box, 0), encoded, region_depth, working_size,
+                generator, num_samples, steps, guidance, callback, should_stop)
+            outputs = np.stack([stitch(output, region_mask, box, image) for output, image in zip(outputs, square)])
+        return EditResult(pre.uint8_to_image(outputs), latents, square, region_depth)
 
+    def _edit_square(self, square_source: np.ndarray, square_mask: np.ndarray, encoded: EncodedReference,
+                     depth_map: torch.Tensor, working_size: int, generator: torch.Generator, num_samples: int,
+                     steps: int, guidance: float, callback, should_stop) -> tuple[torch.Tensor, np.ndarray]:
+        """One square (padded image or crop) through the model: final latents and the uint8 output."""
         device, dtype = self.models.device, self.models.dtype
-        generator = torch.Generator(device=generator_device or device).manual_seed(int(seed))
-        shape = (1, 4, self.latent_size, self.latent_size)
+        latent_size = self.latent_size(working_size)
+        collage = pre.make_collage(square_source, square_mask)
+        mask_at_size = pre.binary_mask_at(square_mask, working_size)
+        depth_feature = self.models.depth_guider(self._to_model(depth_map), size=working_size)
+
+        shape = (1, 4, latent_size, latent_size)
         reference_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         noise = randn_tensor((num_samples,) + shape[1:], generator=generator, device=device, dtype=dtype)
-        collage_mean, collage_std = self._posterior(collage)
+        collage_mean, collage_std = self._posterior(collage, working_size)
         collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
         scale = self.scaling_factor
-        reference_latents = (encoded.latent_mean + encoded.latent_std * reference_noise) * scale
+        reference_mean, reference_std = self._reference_posterior(encoded, working_size)
+        reference_latents = (reference_mean + reference_std * reference_noise) * scale
         masked_latents = (collage_mean + collage_std * collage_noise) * scale
         latents = self._denoise(
-            noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, self.latent_size)),
+            noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, latent_size)),
             depth_feature, encoded, steps, guidance, callback, should_stop,
         )
         square = np.stack([pre.output_to_uint8(self.models.vae.decode(latent[None] / scale).sample)[0]
                            for latent in latents])
-        composites = np.stack([pre.paste_back(pre.crop_back(image, height, width), source_uint8, binary_mask)
-                               for image in square])
-        return EditResult(pre.uint8_to_image(composites), latents, square, depth_map)
+        return latents, square
 
     def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature,
                  encoded: EncodedReference, steps, guidance, callback, should_stop) -> torch.Tensor:
@@ -224,3 +268,20 @@ class MimicBrushPipeline:
                 if callback is not None:
                     callback(index + 1, total, latents)
         return latents
+
+
+def crop_depth_map(depth_map: torch.Tensor, box: CropBox, height: int, width: int) -> torch.Tensor:
+    """The part of a depth map of the square-padded image that a crop box covers, resampled."""
+    whole = whole_image_box(height, width)
+    if box == whole:
+        return depth_map
+    depth = depth_map.reshape(1, 1, *depth_map.shape[-2:]).float()
+    scale = depth.shape[-1] / whole.side
+    top, left = (box.top - whole.top) * scale, (box.left - whole.left) * scale
+    side = box.side * scale
+    size = depth.shape[-1]
+    ys = torch.linspace(top, top + side, size) / max(size - 1, 1) * 2 - 1
+    xs = torch.linspace(left, left + side, size) / max(size - 1, 1) * 2 - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None].to(depth.device)
+    return torch.nn.functional.grid_sample(depth, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=True)[0]

@@ -43,11 +43,12 @@ def test_reference_encoding_from_the_image(tiny_pipeline, golden, fixture_images
     g = golden["inputs"]
     _report("image_prompt_embeds_cond (from PNG)", encoded.embeds_cond, g["image_prompt_embeds_cond"], STAGE_ATOL)
     _report("image_prompt_embeds_uncond (from PNG)", encoded.embeds_uncond, g["image_prompt_embeds_uncond"], STAGE_ATOL)
-    _report("reference_latents (posterior mean)", encoded.latent_mean * 0.18215, g["reference_latents"], STAGE_ATOL)
+    _report("reference_latents (posterior mean)", encoded.posteriors[512][0] * 0.18215, g["reference_latents"],
+            STAGE_ATOL)
 
 
 def test_masked_image_latents(tiny_pipeline, golden):
-    mean, _ = tiny_pipeline._posterior(golden["inputs"]["collage_512_uint8"].numpy().copy())
+    mean, _ = tiny_pipeline._posterior(golden["inputs"]["collage_512_uint8"].numpy().copy(), 512)
     _report("masked_image_latents (posterior mean)", mean * 0.18215, golden["inputs"]["masked_image_latents"], STAGE_ATOL)
 
 
@@ -86,7 +87,7 @@ def test_first_unet_output_from_golden_inputs(tiny_models, golden):
 @pytest.mark.parametrize("case", CASES)
 def test_denoising_loop_from_golden_inputs(tiny_pipeline, tiny_models, golden, case):
     g, expected = golden["inputs"], golden[case]
-    encoded = EncodedReference(None, None, g["image_prompt_embeds_cond"], g["image_prompt_embeds_uncond"])
+    encoded = EncodedReference(None, g["image_prompt_embeds_cond"], g["image_prompt_embeds_uncond"])
     outputs, latents = [], []
     hook = tiny_models.unet.register_forward_hook(lambda m, a, out: outputs.append(out.sample.clone()))
     try:
