@@ -134,3 +134,14 @@ def stitch(original: np.ndarray, mask: np.ndarray, box: CropBox, result: np.ndar
     changed = alpha[..., 0] > 0
     out[window][changed] = blended[changed]
     return out
+
+
+def crop_for_editing(image: np.ndarray, mask: np.ndarray, working_size: int, context: float = 2.0,
+                     min_side: int = 256) -> tuple[np.ndarray, np.ndarray, CropBox]:
+    """The square crop around ``mask`` at ``working_size``: image (Lanczos), mask (nearest), box."""
+    from .preprocess import resize_lanczos
+
+    box = plan_crop(mask, context, min_side)
+    crop_mask = cv2.resize(cut(mask.astype(np.uint8), box, 0), (working_size, working_size),
+                           interpolation=cv2.INTER_NEAREST)
+    return resize_lanczos(cut(image, box, 255), working_size), crop_mask, box

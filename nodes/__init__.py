@@ -18,6 +18,7 @@ NODE_MODULES = {
     "depth_nodes": {"MimicBrushDepth": "MimicBrush Depth (shape control)"},
     "reference_nodes": {"MimicBrushEncodeReference": "MimicBrush Encode Reference"},
     "sampler_nodes": {"MimicBrushSampler": "MimicBrush Imitative Sampler"},
+    "crop_nodes": {"MimicBrushCropAroundMask": "MimicBrush Crop Around Mask", "MimicBrushStitch": "MimicBrush Stitch"},
 }
 
 NODE_CLASS_MAPPINGS = {}

@@ -12,6 +12,7 @@ MODEL_TYPE = "MIMICBRUSH_MODEL"
 DEPTH_MODEL_TYPE = "DEPTH_ANYTHING"
 REFERENCE_TYPE = "MIMICBRUSH_REFERENCE"
 SHAPE_DEPTH_TYPE = "MIMICBRUSH_DEPTH"
+CROP_TYPE = "MIMICBRUSH_CROP"
 
 
 @dataclass
@@ -52,3 +53,12 @@ class ShapeDepth:
 
     maps: list[torch.Tensor]
     sizes: list[tuple[int, int]]
+
+
+@dataclass
+class CropInfo:
+    """MIMICBRUSH_CROP: per image, the untouched original (uint8), its 0/1 mask and the crop box."""
+
+    originals: list
+    masks: list
+    boxes: list

@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 
 from .comfy_bridge import StepProgress
+from .crop_nodes import CONTEXT, WORKING_SIZE
 from .handles import MODEL_TYPE, REFERENCE_TYPE, SHAPE_DEPTH_TYPE
 from .loaders import CATEGORY
+
+REGION_CHOICES = {"crop around mask": "crop", "crop each region": "crop_each", "whole image (authors)": "whole"}
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -21,7 +24,7 @@ class MimicBrushSampler:
     RETURN_NAMES = ("image", "latent")
     OUTPUT_TOOLTIPS = (
         "The edited images at the source's size; outside the feathered mask the source is unchanged.",
-        "The raw VAE latents of the 512x512 square the model worked on (the source padded to a square).",
+        "The raw VAE latents of the square the model worked on (the crop, or the source padded to a square).",
     )
     FUNCTION = "sample"
 
@@ -44,6 +47,14 @@ class MimicBrushSampler:
                                  "tooltip": "Random seed; the same seed gives the same result."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
                                        "tooltip": "Results per source image, each from different noise."}),
+                "region": (list(REGION_CHOICES), {
+                    "default": "crop around mask",
+                    "tooltip": "What the model works on. 'whole image' pads the whole source to a square (the "
+                               "authors' way: a small edit on a large photo comes out blurry). 'crop around mask' "
+                               "edits a square around the mask at full detail and stitches it back. 'crop each "
+                               "region' does that per separate masked island."}),
+                "working_size": WORKING_SIZE,
+                "context": CONTEXT,
             },
             "optional": {
                 "shape_depth": (SHAPE_DEPTH_TYPE, {
@@ -52,7 +63,8 @@ class MimicBrushSampler:
             },
         }
 
-    def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, shape_depth=None):
+    def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, region, working_size,
+               context, shape_depth=None):
         from ..mimic_core.errors import InputError
 
         masks = mask if mask.ndim == 3 else mask.unsqueeze(0)
@@ -75,7 +87,8 @@ class MimicBrushSampler:
                 reference.items[index % len(reference.items)],
                 keep_shape=shape_depth is not None,
                 depth_map=shape_depth.maps[index % len(shape_depth.maps)] if shape_depth is not None else None,
-                steps=steps, guidance=guidance, seed=seed, num_samples=batch_size, callback=progress,
+                steps=steps, guidance=guidance, seed=seed, num_samples=batch_size, region=REGION_CHOICES[region],
+                working_size=working_size, context=context, callback=progress,
             )
             images.append(result.images)
             latents.append(result.latents.to("cpu", torch.float32) / pipeline.scaling_factor)

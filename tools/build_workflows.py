@@ -25,6 +25,9 @@ SLOTS = {
                                   [("reference", "MIMICBRUSH_REFERENCE")]),
     "MimicBrushDepth": ([("depth_model", "DEPTH_ANYTHING"), ("image", "IMAGE")],
                         [("depth_image", "IMAGE"), ("shape_depth", "MIMICBRUSH_DEPTH")]),
+    "MimicBrushCropAroundMask": ([("image", "IMAGE"), ("mask", "MASK")],
+                                 [("image", "IMAGE"), ("mask", "MASK"), ("crop", "MIMICBRUSH_CROP")]),
+    "MimicBrushStitch": ([("crop", "MIMICBRUSH_CROP"), ("image", "IMAGE")], [("image", "IMAGE")]),
     "MimicBrushSampler": ([("mimicbrush", "MIMICBRUSH_MODEL"), ("source", "IMAGE"), ("mask", "MASK"),
                            ("reference", "MIMICBRUSH_REFERENCE"), ("shape_depth", "MIMICBRUSH_DEPTH")],
                           [("image", "IMAGE"), ("latent", "LATENT")]),
@@ -54,12 +57,14 @@ def loaders(checkpoint_y: int = 80) -> list[Node]:
     ]
 
 
-def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=42, title=None) -> Node:
+def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=42, title=None,
+            region="crop around mask") -> Node:
     links = {"mimicbrush": (2, 0), "source": source, "mask": mask, "reference": reference}
     if shape_depth is not None:
         links["shape_depth"] = shape_depth
     return Node(node_id, "MimicBrushSampler", pos,
-                {"steps": 50, "guidance": 5.0, "seed": seed, "batch_size": 1}, links, title, (340, 260))
+                {"steps": 50, "guidance": 5.0, "seed": seed, "batch_size": 1, "region": region, "working_size": 512,
+                 "context": 2.0}, links, title, (340, 330))
 
 
 WORKFLOWS = {
@@ -95,6 +100,19 @@ WORKFLOWS = {
         sampler(11, (840, 640), (10, 0), (10, 1), (5, 0), seed=7, title="Edit B"),
         Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_a"}, {"images": (6, 0)}, size=(400, 400)),
         Node(12, "SaveImage", (1220, 640), {"filename_prefix": "mimicbrush_b"}, {"images": (11, 0)}, size=(400, 400)),
+    ],
+    "mimicbrush_large_image": [
+        *loaders(),
+        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_large_source.png"},
+             title="Large source (a small masked patch)", size=(320, 360)),
+        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 360)),
+        Node(13, "MimicBrushCropAroundMask", (420, 60), {"working_size": 512, "context": 2.0, "min_side": 256},
+             {"image": (3, 0), "mask": (3, 1)}, title="Crop around the mask (any nodes may follow)", size=(340, 150)),
+        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        sampler(6, (840, 160), (13, 0), (13, 1), (5, 0), title="Edit the crop", region="whole image (authors)"),
+        Node(14, "MimicBrushStitch", (1220, 30), links={"crop": (13, 2), "image": (6, 0)}, size=(300, 60)),
+        Node(7, "SaveImage", (1220, 150), {"filename_prefix": "mimicbrush_large"}, {"images": (14, 0)},
+             size=(400, 400)),
     ],
 }
 

@@ -78,6 +78,11 @@ def main() -> None:
     with_mask_as_alpha(second, second_mask).save(OUT / "mimicbrush_source_2.png")
     patterned_vase(360, 480).save(OUT / "mimicbrush_reference.png")
     knitted_texture(400, 400).save(OUT / "mimicbrush_texture.png")
+    large, large_mask = mug_scene(2400, 1600, (236, 236, 232))
+    small_mask = Image.new("L", large.size, 0)
+    ImageDraw.Draw(small_mask).rectangle([1150, 820, 1290, 1000], fill=255)  # a patch on the mug only
+    with_mask_as_alpha(large, Image.fromarray(np.minimum(np.asarray(small_mask), np.asarray(large_mask)))).save(
+        OUT / "mimicbrush_large_source.png")
 
 
 if __name__ == "__main__":

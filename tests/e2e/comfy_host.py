@@ -28,7 +28,7 @@ CHECKPOINT = "mimicbrush_tiny.safetensors"
 VAE = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 DEPTH = "depth_anything_vitb14.pth"
 NODE_TYPES = ["MimicBrushLoader", "DepthAnythingLoader", "MimicBrushDepth", "MimicBrushEncodeReference",
-              "MimicBrushSampler"]
+              "MimicBrushSampler", "MimicBrushCropAroundMask", "MimicBrushStitch"]
 
 
 def _link(target: Path, source: Path) -> None:

@@ -66,6 +66,15 @@ def _source_and_mask(name: str):
     return rgba[..., :3], rgba[..., 3] < 128
 
 
+def _source_file(prompt: dict, node_id: str) -> str:
+    """The LoadImage file an edited image comes from (through a sampler, or a stitch of a crop)."""
+    node = prompt[node_id]
+    upstream = {"MimicBrushSampler": "source", "MimicBrushStitch": "crop", "MimicBrushCropAroundMask": "image"}
+    if node["class_type"] == "LoadImage":
+        return node["inputs"]["image"]
+    return _source_file(prompt, node["inputs"][upstream[node["class_type"]]][0])
+
+
 def _far_from(mask: np.ndarray, margin: int) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     far = np.ones_like(mask)
@@ -78,12 +87,10 @@ def test_every_api_workflow_runs_and_leaves_the_rest_of_the_source_alone(comfy_h
     prompt = for_tiny_host(json.loads(workflow.read_text()))
     entry = run_prompt(comfy_host, prompt)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    samplers = [nid for nid, node in prompt.items() if node["class_type"] == "MimicBrushSampler"]
-    for sampler_id in samplers:
-        source_node = prompt[prompt[sampler_id]["inputs"]["source"][0]]
-        source, mask = _source_and_mask(source_node["inputs"]["image"])
-        save_id = next(nid for nid, node in prompt.items()
-                       if node["class_type"] == "SaveImage" and node["inputs"]["images"][0] == sampler_id)
+    for save_id, save in prompt.items():
+        if save["class_type"] != "SaveImage":
+            continue
+        source, mask = _source_and_mask(_source_file(prompt, save["inputs"]["images"][0]))
         with Image.open(comfy_host.output_file(entry, save_id)) as output:
             result = np.asarray(output.convert("RGB"))
         assert result.shape == source.shape
