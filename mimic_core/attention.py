@@ -26,12 +26,18 @@ from diffusers.models.attention_processor import Attention
 from .errors import MimicBrushError
 
 
+class ReferenceFeaturesComplete(Exception):
+    """Raised by the writer once the last block that matters is recorded: nothing the reference
+    U-Net computes after it can reach a recorded feature, so its forward pass stops there."""
+
+
 class ReferenceBank:
     """Reference features keyed by transformer-block path, shared by the writer and the reader."""
 
-    def __init__(self) -> None:
+    def __init__(self, final_block: str | None = None) -> None:
         self.features: dict[str, torch.Tensor] = {}
         self.conditional_rows = 0
+        self.final_block = final_block
 
     def clear(self) -> None:
         self.features.clear()
@@ -44,12 +50,17 @@ def reference_block_names(unet: UNet2DConditionModel) -> list[str]:
     Ordered by channel width, descending (a stable sort, so module order is kept among equals),
     which is the order the authors pair blocks in; pairing here is by identical path.
     """
+    names = [(unet.get_submodule(name).attn1.to_q.in_features, name) for name in _blocks_in_execution_order(unet)]
+    return [name for _, name in sorted(names, key=lambda item: -item[0])]
+
+
+def _blocks_in_execution_order(unet: UNet2DConditionModel) -> list[str]:
     names = []
     for prefix in ("mid_block", "up_blocks"):
         for name, module in unet.get_submodule(prefix).named_modules(prefix=prefix):
             if name.endswith(".attn1") and isinstance(module, Attention):
-                names.append((module.to_q.in_features, name[: -len(".attn1")]))
-    return [name for _, name in sorted(names, key=lambda item: -item[0])]
+                names.append(name[: -len(".attn1")])
+    return names
 
 
 def _heads_view(attn: Attention, tensor: torch.Tensor) -> torch.Tensor:
@@ -92,6 +103,8 @@ class ReferenceWriteProcessor:
                  attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
         _check_plain_self_attention(attn, encoder_hidden_states, attention_mask, hidden_states)
         self.bank.features[self.name] = hidden_states
+        if self.name == self.bank.final_block:
+            raise ReferenceFeaturesComplete
         return _plain_attention(attn, hidden_states)
 
 
@@ -148,6 +161,14 @@ class ReferenceAttentionHandle:
         reference_unet.set_attn_processor(self._with(reference_unet, ReferenceWriteProcessor))
         imitative_unet.set_attn_processor(self._with(imitative_unet, ReferenceReadProcessor))
 
+    def record(self, reference_latents: torch.Tensor, timestep, context: torch.Tensor) -> None:
+        """Run the reference U-Net up to its last recorded block, filling the bank."""
+        self.bank.features.clear()
+        try:
+            self.reference_unet(reference_latents, timestep, encoder_hidden_states=context)
+        except ReferenceFeaturesComplete:
+            pass
+
     def _with(self, unet: UNet2DConditionModel, kind) -> dict:
         processors = dict(self._saved[unet])
         for name in self.names:
@@ -177,4 +198,5 @@ def install_reference_attention(reference_unet: UNet2DConditionModel,
         own_width = imitative_unet.get_submodule(name).attn1.to_q.in_features
         if ref_width != own_width:
             raise MimicBrushError(f"Block '{name}' is {ref_width} wide in the reference U-Net, {own_width} here.")
-    return ReferenceAttentionHandle(reference_unet, imitative_unet, ReferenceBank(), names)
+    bank = ReferenceBank(final_block=_blocks_in_execution_order(reference_unet)[-1])
+    return ReferenceAttentionHandle(reference_unet, imitative_unet, bank, names)

@@ -62,7 +62,8 @@ def _edit(args: argparse.Namespace) -> list[Path]:
     pipeline = MimicBrushPipeline(models)
     result = pipeline.edit(
         source, mask, reference, keep_shape=args.keep_shape, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, num_samples=args.samples,
+        seed=args.seed, num_samples=args.samples, region=args.region, working_size=args.working_size,
+        sampler=args.sampler, reference_every=args.reference_every,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
     for image, path in zip(result.images, outputs):
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default %(default)s)")
     edit.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (default %(default)s)")
     edit.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    edit.add_argument("--region", default="whole", choices=["whole", "crop", "crop_each"],
+                      help="whole: the authors' padded whole image; crop: a square around the mask at full detail, "
+                           "stitched back; crop_each: one crop per masked region (default %(default)s)")
+    edit.add_argument("--working-size", type=int, default=512, help="square side the model works on (multiple of 64)")
+    edit.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler"],
+                      help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
+    edit.add_argument("--reference-every", type=int, default=1,
+                      help="recompute reference features every k steps; 1 exact, 0 once (fast mode)")
     edit.add_argument("--samples", type=int, default=1, help="number of results; written as OUT_0.png, OUT_1.png, ...")
     edit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     edit.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")

@@ -9,6 +9,8 @@ from .crop_nodes import CONTEXT, WORKING_SIZE
 from .handles import MODEL_TYPE, REFERENCE_TYPE, SHAPE_DEPTH_TYPE
 from .loaders import CATEGORY
 
+SAMPLER_CHOICES = {"ddim (exact)": "ddim", "dpmpp_2m (fast)": "dpmpp_2m", "unipc (fast)": "unipc",
+                   "euler (fast)": "euler"}
 REGION_CHOICES = {"crop around mask": "crop", "crop each region": "crop_each", "whole image (authors)": "whole"}
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -55,6 +57,14 @@ class MimicBrushSampler:
                                "region' does that per separate masked island."}),
                 "working_size": WORKING_SIZE,
                 "context": CONTEXT,
+                "sampler": (list(SAMPLER_CHOICES), {
+                    "default": "ddim (exact)",
+                    "tooltip": "ddim (exact) is the authors' sampler (50 steps). The others are fast mode: "
+                               "diffusers' fewer-step solvers, good at 20-25 steps, trading exactness for speed."}),
+                "reference_every": ("INT", {
+                    "default": 1, "min": 0, "max": 100,
+                    "tooltip": "Recompute the reference features every k steps. 1 is exact (every step); 0 computes "
+                               "them once; larger values are fast mode: faster, not the authors' computation."}),
             },
             "optional": {
                 "shape_depth": (SHAPE_DEPTH_TYPE, {
@@ -64,7 +74,7 @@ class MimicBrushSampler:
         }
 
     def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, region, working_size,
-               context, shape_depth=None):
+               context, sampler, reference_every, shape_depth=None):
         from ..mimic_core.errors import InputError
 
         masks = mask if mask.ndim == 3 else mask.unsqueeze(0)
@@ -88,7 +98,8 @@ class MimicBrushSampler:
                 keep_shape=shape_depth is not None,
                 depth_map=shape_depth.maps[index % len(shape_depth.maps)] if shape_depth is not None else None,
                 steps=steps, guidance=guidance, seed=seed, num_samples=batch_size, region=REGION_CHOICES[region],
-                working_size=working_size, context=context, callback=progress,
+                working_size=working_size, context=context, sampler=SAMPLER_CHOICES[sampler],
+                reference_every=reference_every, callback=progress,
             )
             images.append(result.images)
             latents.append(result.latents.to("cpu", torch.float32) / pipeline.scaling_factor)

@@ -35,7 +35,7 @@ def _inputs(seed: int, rows: int = 2):
 
 def _guided_forward(imitative, reference_unet, sample, context, reference_latents, t=torch.tensor(500)):
     with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
-        reference_unet(reference_latents, t, encoder_hidden_states=context[-1:])
+        handle.record(reference_latents, t, context[-1:])
         handle.bank.conditional_rows = sample.shape[0] // 2
         return imitative(sample, t, encoder_hidden_states=context).sample
 
@@ -127,7 +127,7 @@ def test_write_processor_records_the_norm1_output(unets):
         lambda module, args, output, n=n: seen.__setitem__(n, output)) for n in names]
     try:
         with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
-            reference_unet(reference_latents, torch.tensor(10), encoder_hidden_states=context[:1])
+            handle.record(reference_latents, torch.tensor(10), context[:1])
             recorded = dict(handle.bank.features)
     finally:
         for hook in hooks:
@@ -144,3 +144,16 @@ def test_missing_reference_features_are_an_error_not_a_silent_plain_attention(un
         handle.bank.conditional_rows = 1
         with pytest.raises(Exception, match="No reference features"):
             imitative(sample, torch.tensor(1), encoder_hidden_states=context)
+
+
+def test_stopping_the_reference_unet_after_its_last_block_records_the_same_features(unets):
+    imitative, reference_unet = unets
+    _, context, reference_latents = _inputs(6)
+    with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
+        handle.record(reference_latents, torch.tensor(20), context[:1])
+        stopped = dict(handle.bank.features)
+        handle.bank.final_block = None  # run the whole forward pass instead
+        handle.record(reference_latents, torch.tensor(20), context[:1])
+        full = dict(handle.bank.features)
+    assert stopped.keys() == full.keys() and len(full) == 10
+    assert all(torch.equal(stopped[name], full[name]) for name in full)

@@ -66,8 +66,7 @@ def test_depth_map_of_the_blank_input(tiny_pipeline, golden):
 def test_reference_features_at_the_first_step(tiny_models, golden):
     g = golden["inputs"]
     with torch.no_grad(), install_reference_attention(tiny_models.referencenet, tiny_models.unet) as handle:
-        tiny_models.referencenet(g["reference_latents"], g["timesteps"][0],
-                                 encoder_hidden_states=g["image_prompt_embeds_cond"])
+        handle.record(g["reference_latents"], g["timesteps"][0], g["image_prompt_embeds_cond"])
         recorded = dict(handle.bank.features)
     assert set(recorded) == set(golden["refbank"])
     for name, expected in golden["refbank"].items():

@@ -64,7 +64,7 @@ def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=4
         links["shape_depth"] = shape_depth
     return Node(node_id, "MimicBrushSampler", pos,
                 {"steps": 50, "guidance": 5.0, "seed": seed, "batch_size": 1, "region": region, "working_size": 512,
-                 "context": 2.0}, links, title, (340, 330))
+                 "context": 2.0, "sampler": "ddim (exact)", "reference_every": 1}, links, title, (340, 380))
 
 
 WORKFLOWS = {

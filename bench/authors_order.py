@@ -1,0 +1,96 @@
+"""The authors' computation order, re-created from the SPEC as a measuring stick (not product code).
+
+Per step their code runs the reference U-Net on both guidance halves ([uncond, cond] context,
+batch 2, to the end), and in every mid/up self-attention of the imitative U-Net attends with all
+2N tokens of [x ; r] as queries for both halves, keeps the first N rows, computes plain
+self-attention as well, and keeps the reference mix only for the conditional half. Their depth
+pass runs with autograd on. The function is the same as the engine's exact mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mimic_core.attention import reference_block_names
+from mimic_core.depth import depth_input_from_image
+from mimic_core.preprocess import image_to_uint8, pad_to_square
+from mimic_core.pipeline import EditInterrupted, MimicBrushPipeline, make_scheduler
+
+
+def _attend(attn, queries, keys_values):
+    def split(t):
+        return t.view(t.shape[0], t.shape[1], attn.heads, -1).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(attn.to_q(queries)), split(attn.to_k(keys_values)),
+                                         split(attn.to_v(keys_values)))
+    return attn.to_out[0](out.transpose(1, 2).reshape(queries.shape[0], queries.shape[1], -1))
+
+
+class AuthorsWriter:
+    def __init__(self, bank: dict, name: str):
+        self.bank, self.name = bank, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        self.bank[self.name] = hidden_states.clone()  # their bank keeps copies
+        return _attend(attn, hidden_states, hidden_states)
+
+
+class AuthorsReader:
+    def __init__(self, bank: dict, name: str):
+        self.bank, self.name = bank, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        tokens = hidden_states.shape[1]
+        joined = torch.cat([hidden_states, self.bank[self.name]], dim=1)
+        with_reference = _attend(attn, joined, joined)[:, :tokens]
+        plain = _attend(attn, hidden_states, hidden_states)
+        half = hidden_states.shape[0] // 2
+        conditional = 0.5 * with_reference[half:] + 0.5 * plain[half:]
+        return torch.cat([plain[:half], conditional])
+
+
+class AuthorsOrderPipeline(MimicBrushPipeline):
+    """The engine with the authors' per-step computation (guided sampling only)."""
+
+    def depth_map(self, source):
+        """Their depth pass keeps autograd on (parameters requiring grad): it builds a graph."""
+        if source is None:
+            return super().depth_map(None)
+        depth_model = self.models.depth_model.requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            padded = pad_to_square(image_to_uint8(source), 255)
+            depth = depth_model(pixel_values=depth_input_from_image(padded)).predicted_depth
+        return depth.detach()
+
+    def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature, encoded, steps,
+                 guidance, callback, should_stop, sampler="ddim", reference_every=1):
+        models = self.models
+        scheduler = make_scheduler(sampler)
+        scheduler.set_timesteps(steps, device=models.device)
+        samples = noise.shape[0]
+        context = torch.cat([encoded.embeds_uncond.expand(samples, -1, -1), encoded.embeds_cond.expand(samples, -1, -1)])
+        conditioning = torch.cat([latent_mask, masked_latents, depth_feature], dim=1).expand(2 * samples, -1, -1, -1)
+        names = reference_block_names(models.unet)
+        bank: dict = {}
+        saved = {unet: dict(unet.attn_processors) for unet in (models.referencenet, models.unet)}
+        for unet, kind in ((models.referencenet, AuthorsWriter), (models.unet, AuthorsReader)):
+            processors = dict(saved[unet])
+            processors.update({f"{name}.attn1.processor": kind(bank, name) for name in names})
+            unet.set_attn_processor(processors)
+        latents = noise * scheduler.init_noise_sigma
+        try:
+            for index, timestep in enumerate(scheduler.timesteps):
+                if should_stop is not None and should_stop():
+                    raise EditInterrupted("stopped")
+                models.referencenet(torch.cat([reference_latents] * 2 * samples), timestep,
+                                    encoder_hidden_states=context)
+                model_input = torch.cat([scheduler.scale_model_input(torch.cat([latents] * 2), timestep), conditioning], 1)
+                eps_uncond, eps_cond = models.unet(model_input, timestep, encoder_hidden_states=context).sample.chunk(2)
+                latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), timestep, latents).prev_sample
+                if callback is not None:
+                    callback(index + 1, len(scheduler.timesteps), latents)
+        finally:
+            for unet, processors in saved.items():
+                unet.set_attn_processor(processors)
+        return latents

@@ -1,0 +1,207 @@
+"""Speed and memory of the engine against the authors' computation order, side by side in one run.
+
+    python bench/speed.py [--size full|tiny] [--steps 3] [--work DIR]
+
+``full`` builds SD-1.5-size components with random weights (860M-parameter U-Nets, CLIP ViT-H/14,
+Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin`` and as our
+``.safetensors``, then runs each measurement in a fresh process so its peak memory is its own:
+the authors' order and exact mode (checked to give the same output first), fast mode, and
+loading each file. fp32 on the CPU, 512². Prints one Markdown table. ``tiny`` does the same on
+the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.authors_order import AuthorsOrderPipeline  # noqa: E402
+from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config  # noqa: E402
+from mimic_core.models import load_models  # noqa: E402
+from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
+
+FIXTURE = REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"
+DEPTH_VITB = {"vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 14},
+              "head": {"features": 128, "out_channels": [96, 192, 384, 768]}}
+
+
+def _configs(size: str) -> dict:
+    if size == "tiny":
+        return {part: json.loads((FIXTURE / f"{part}_config.json").read_text()) for part in PARTS}
+    return {part: default_config(part) for part in PARTS}
+
+
+def build_files(size: str, work: Path) -> dict:
+    """Random-weight MimicBrush in both checkpoint formats, a VAE folder and a depth model folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, DepthAnythingConfig
+    from transformers import DepthAnythingForDepthEstimation, Dinov2Config
+
+    from mimic_core.components import DepthGuider, ImageProjection, reference_unet_optional_keys
+
+    torch.manual_seed(0)
+    configs = _configs(size)
+    unet = UNet2DConditionModel.from_config(configs["unet"])
+    reference = UNet2DConditionModel.from_config(configs["referencenet"])
+    clip_fields = {k: v for k, v in configs["image_encoder"].items() if k not in ("architectures", "transformers_version")}
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_fields))
+    projection = ImageProjection(clip.config.hidden_size, unet.config.cross_attention_dim)
+    guider_config = configs["depth_guider"]
+    guider = DepthGuider(guider_config["conditioning_embedding_channels"], guider_config["conditioning_channels"],
+                         tuple(guider_config["block_out_channels"]))
+    for module in (unet, reference, guider):  # diffusers zero-initialises some outputs; make every path count
+        with torch.no_grad():
+            for parameter in module.parameters():
+                if not parameter.abs().sum():
+                    parameter.normal_(0, 0.02)
+    optional = reference_unet_optional_keys(reference)
+    parts = {"unet": unet.state_dict(), "referencenet": {k: v for k, v in reference.state_dict().items() if k not in optional},
+             "image_encoder": clip.state_dict(), "image_proj": projection.state_dict(), "depth_guider": guider.state_dict()}
+    torch.save(parts, work / "mimicbrush.bin")
+    config_dir = work / "configs"
+    config_dir.mkdir(exist_ok=True)
+    for part, config in configs.items():
+        (config_dir / f"{part}_config.json").write_text(json.dumps(config))
+    convert_checkpoint(work / "mimicbrush.bin", work / "mimicbrush.safetensors", config_dir)
+    del parts, unet, reference, clip
+    vae_config = json.loads((FIXTURE / "vae_config.json").read_text()) if size == "tiny" else None
+    vae = AutoencoderKL.from_config(vae_config) if vae_config else AutoencoderKL.from_config(
+        json.loads((REPO / "mimic_core" / "configs" / "sd_vae.json").read_text()))
+    vae.save_pretrained(work / "vae")
+    if size == "tiny":
+        depth_dir = FIXTURE / "depth_anything_tiny_hf"
+    else:
+        backbone = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14,
+                                image_size=518, out_indices=[9, 10, 11, 12], apply_layernorm=True,
+                                reshape_hidden_states=False, layerscale_value=1.0)
+        depth = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+            backbone_config=backbone, neck_hidden_sizes=[96, 192, 384, 768], fusion_hidden_size=128,
+            reassemble_hidden_size=768, depth_estimation_type="relative"))
+        depth.save_pretrained(work / "depth")
+        depth_dir = work / "depth"
+    return {"bin": str(work / "mimicbrush.bin"), "safetensors": str(work / "mimicbrush.safetensors"),
+            "vae": str(work / "vae"), "depth": str(depth_dir)}
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    source = torch.from_numpy(rng.random((1, 480, 640, 3), dtype=np.float32))
+    mask = torch.zeros(480, 640)
+    mask[120:360, 200:440] = 1
+    reference = torch.from_numpy(rng.random((1, 400, 300, 3), dtype=np.float32))
+    return source, mask, reference
+
+
+def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
+    torch.manual_seed(0)
+    models = load_models(files["safetensors"], files["vae"], files["depth"])
+    pipeline = (AuthorsOrderPipeline if mode == "authors" else MimicBrushPipeline)(models)
+    options = {"sampler": "dpmpp_2m", "reference_every": 0} if mode == "fast" else {}
+    stamps = []
+    started = time.perf_counter()
+    result = pipeline.edit(*_inputs(), keep_shape=True, steps=steps, seed=1, **options,
+                           callback=lambda step, total, latents: stamps.append(time.perf_counter()))
+    total = time.perf_counter() - started
+    torch.save(result.latents, out)
+    # steps 2.. are steady; step 1 also holds what the loop does once (fast mode's only reference pass)
+    return {"mode": mode, "total_s": total, "steady_step_s": float(np.mean(np.diff(stamps))),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def measure_load(files: dict, kind: str) -> dict:
+    from mimic_core.checkpoint import read_checkpoint
+    from mimic_core.components import build_components
+
+    started = time.perf_counter()
+    components = build_components(read_checkpoint(files[kind], Path(files["safetensors"]).parent / "configs"))
+    for module in components.values():  # touch every weight once, as a first forward pass would
+        for parameter in module.parameters():
+            parameter.data.sum()
+    return {"mode": f"load {kind}", "total_s": time.perf_counter() - started,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _child(args: list[str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--work", help="folder for the random-weight files (default: a temporary folder)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--files", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_grad_enabled(True)
+    if args.child:
+        files = json.loads(args.files)
+        report = (measure_load(files, args.child[len("load-"):]) if args.child.startswith("load-")
+                  else measure_edit(files, args.child, args.steps, Path(args.out)))
+        print(json.dumps(report))
+        return 0
+
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        files = build_files(args.size, work)
+        print(f"built {args.size} random-weight files in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        common = ["--size", args.size, "--steps", str(args.steps), "--files", json.dumps(files)]
+        rows = {}
+        for mode in ("authors", "exact", "fast"):
+            rows[mode] = _child(["--child", mode, "--out", str(work / f"{mode}.pt"), *common])
+            print(json.dumps(rows[mode]), file=sys.stderr)
+        authors, exact = torch.load(work / "authors.pt"), torch.load(work / "exact.pt")
+        relative = ((exact - authors).norm() / authors.norm()).item()
+        for kind in ("bin", "safetensors"):
+            rows[kind] = _child(["--child", f"load-{kind}", *common])
+            print(json.dumps(rows[kind]), file=sys.stderr)
+
+    a, e, f = rows["authors"], rows["exact"], rows["fast"]
+    steps = args.steps
+    for row in (a, e):
+        row["fixed_s"] = row["total_s"] - steps * row["steady_step_s"]
+    reference_pass = e["steady_step_s"] - f["steady_step_s"]  # fast mode runs it once, at step 1
+    f["fixed_s"] = f["total_s"] - steps * f["steady_step_s"] - reference_pass
+    exact_50 = e["fixed_s"] + 50 * e["steady_step_s"]
+    fast_20 = f["fixed_s"] + 20 * f["steady_step_s"] + reference_pass
+    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512², {args.steps} measured steps")
+    print(f"exact vs authors' order: relative error of the final latents {relative:.2e} (must be <= 1e-4)\n")
+    print("| measurement | authors' order | ours | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| s per DDIM step (steady) | {a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | "
+          f"{e['steady_step_s'] / a['steady_step_s']:.2f} |")
+    print(f"| fixed s per edit (encode, depth, CLIP, decode) | {a['fixed_s']:.1f} | {e['fixed_s']:.1f} | "
+          f"{e['fixed_s'] / a['fixed_s']:.2f} |")
+    print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
+          f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
+    print(f"| fast mode (DPM++ 2M, 20 steps, reference once) vs exact 50-step DDIM, s per edit | "
+          f"{exact_50:.0f} | {fast_20:.0f} | {fast_20 / exact_50:.2f} ({exact_50 / fast_20:.1f}x faster) |")
+    print(f"| fast-mode steady step, s | {e['steady_step_s']:.2f} | {f['steady_step_s']:.2f} | "
+          f"{f['steady_step_s'] / e['steady_step_s']:.2f} |")
+    print(f"| load checkpoint, s (.bin vs .safetensors) | {rows['bin']['total_s']:.1f} | "
+          f"{rows['safetensors']['total_s']:.1f} | {rows['safetensors']['total_s'] / rows['bin']['total_s']:.2f} |")
+    print(f"| load checkpoint, peak GiB | {rows['bin']['peak_rss_gib']:.2f} | {rows['safetensors']['peak_rss_gib']:.2f} | "
+          f"{rows['safetensors']['peak_rss_gib'] / rows['bin']['peak_rss_gib']:.2f} |")
+    print("\nPer-edit totals for 50 and 20 steps are the measured fixed cost plus measured per-step costs.")
+    return 0 if relative <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
