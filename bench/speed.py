@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -95,6 +94,13 @@ def build_files(size: str, work: Path) -> dict:
             "vae": str(work / "vae"), "depth": str(depth_dir)}
 
 
+def peak_resident_gib() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork and exec, so every child would report the builder's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 2**20
+
+
 def _inputs():
     rng = np.random.default_rng(0)
     source = torch.from_numpy(rng.random((1, 480, 640, 3), dtype=np.float32))
@@ -117,7 +123,7 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
     torch.save(result.latents, out)
     # steps 2.. are steady; step 1 also holds what the loop does once (fast mode's only reference pass)
     return {"mode": mode, "total_s": total, "steady_step_s": float(np.mean(np.diff(stamps))),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": peak_resident_gib()}
 
 
 def measure_load(files: dict, kind: str) -> dict:
@@ -130,7 +136,7 @@ def measure_load(files: dict, kind: str) -> dict:
         for parameter in module.parameters():
             parameter.data.sum()
     return {"mode": f"load {kind}", "total_s": time.perf_counter() - started,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": peak_resident_gib()}
 
 
 def _child(args: list[str]) -> dict:

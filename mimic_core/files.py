@@ -56,16 +56,57 @@ def open_safetensors(path: str | Path):
         ) from err
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _damaged(path: Path, why: str) -> ModelFileError:
+    return ModelFileError(f"'{path}' is not a readable .safetensors file ({why}). "
+                          "The file is probably truncated or corrupt: download or convert it again.")
+
+
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a ``.safetensors`` file, and its string metadata."""
-    handle = open_safetensors(path)
+    """All tensors of a ``.safetensors`` file, memory-mapped without copies, and its string metadata.
+
+    The tensors are views of one private (copy-on-write) mapping of the file: nothing is read
+    until a weight is used, the page cache is the only copy, and writing to a tensor never
+    touches the file. A tensor whose offset does not suit its dtype's alignment is copied.
+    """
+    path = Path(path)
     try:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelFileError(
-            f"'{path}' is damaged: a tensor could not be read ({err}). Download or convert it again."
-        ) from err
-    return tensors, dict(handle.metadata() or {})
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_size > min(size - 8, 100_000_000):
+                raise _damaged(path, "its header is cut off")
+            header = json.loads(handle.read(header_size))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _damaged(path, f"unreadable header: {err}") from err
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_size
+    try:
+        end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+        if data_start + end > size:
+            raise _damaged(path, f"it holds {size} bytes, its header describes {data_start + end}")
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+        tensors = {}
+        for name, entry in header.items():
+            dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+            if dtype is None:
+                raise ModelFileError(f"'{path}' holds '{name}' of dtype {entry.get('dtype')}, which is not supported.")
+            begin, finish = (data_start + int(offset) for offset in entry["data_offsets"])
+            raw = torch.empty(0, dtype=torch.uint8).set_(storage, begin, (finish - begin,))
+            if begin % raw.new_empty(0, dtype=dtype).element_size():
+                raw = raw.clone()
+            tensors[name] = raw.view(dtype).reshape(entry["shape"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+        raise _damaged(path, f"malformed header: {err}") from err
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -146,3 +146,25 @@ def test_conversion_never_replaces_its_source(fixture_dir, tmp_path):
     with pytest.raises(ModelFileError, match="must not replace its source"):
         convert_checkpoint(source, source)
     assert source.read_bytes() == before
+
+
+def test_safetensors_tensors_are_memory_mapped_not_copied(fixture_dir, tmp_path):
+    from mimic_core.files import load_safetensors
+
+    tensors, metadata = load_safetensors(fixture_dir / "mimicbrush_tiny.safetensors")
+    storages = {t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()}
+    assert len(storages) == 1  # one mapping of the file, every tensor a view of it
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes((fixture_dir / "mimicbrush_tiny.safetensors").read_bytes())
+    mapped, _ = load_safetensors(copy)
+    before = copy.read_bytes()
+    next(iter(mapped.values())).add_(1)  # copy-on-write: the file never changes
+    assert copy.read_bytes() == before
+
+
+def test_a_malformed_safetensors_header_is_reported(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    header = b'{"w": {"dtype": "F32", "shape": [2]}}'
+    bad.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(ModelFileError, match="malformed header"):
+        read_checkpoint(bad)
