@@ -149,25 +149,12 @@ def output_to_uint8(decoded: torch.Tensor) -> np.ndarray:
     return values.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def crop_back(square_result: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a square result (bilinear) to the padded square of ``height x width``; crop the padding."""
-    side, top, left = square_offset(height, width)
-    resized = cv2.resize(square_result, (side, side), interpolation=cv2.INTER_LINEAR)
-    return resized[top:top + height, left:left + width]
-
-
 def feathered_alpha(mask: np.ndarray) -> np.ndarray:
     """The demo's blend weight: the 0/255 mask blurred by ten 3x3 Gaussian passes, divided by 255."""
     alpha = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
     for _ in range(FEATHER_PASSES):
         alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
     return alpha / 255.0
-
-
-def paste_back(result: np.ndarray, source: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Blend ``result`` into ``source`` with the feathered mask; truncated to uint8 like the demo."""
-    alpha = feathered_alpha(mask)
-    return (result * alpha + source * (1.0 - alpha)).astype(np.uint8)
 
 
 def uint8_to_image(array: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,7 @@ from mimic_core import preprocess as pre
 from mimic_core.crop import CropBox, cut, mask_bounds, plan_crop, region_masks, stitch, whole_image_box
 from mimic_core.errors import InputError
 
-from tests.support import as_image_tensor
+from tests.support import as_image_tensor, demo_paste_back
 
 
 @st.composite
@@ -79,7 +79,7 @@ def test_crop_contains_the_mask_and_stitching_leaves_everything_else_bit_exact(c
 def test_whole_image_box_reproduces_the_demo_paste_back(fixture_images, golden):
     source, mask = fixture_images["source"], fixture_images["mask"]
     square = golden["on"]["output_512_uint8"].numpy()
-    demo = pre.paste_back(pre.crop_back(square, *source.shape[:2]), source, mask)
+    demo = demo_paste_back(square, source, mask)
     assert np.array_equal(stitch(source, mask, whole_image_box(*source.shape[:2]), square), demo)
 
 
