@@ -1,4 +1,8 @@
-"""``python -m mimic_core edit`` and ``python -m mimic_core convert``."""
+"""``python -m mimic_core edit|convert|train|evaluate``.
+
+``train`` and ``evaluate`` live in their own packages; their modules import their heavier
+dependencies only when the command runs, so ``edit`` works with just the runtime requirements.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import convert_checkpoint
 from .errors import InputError, MimicBrushError
+from .evaluation.command import add_command as add_evaluate_command
 from .model_files import find_model_files
 from .models import load_models
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, MimicBrushPipeline
 from .preprocess import mask_to_binary
+from .training.command import add_command as add_train_command
 
 logger = logging.getLogger("mimic_core")
 
@@ -44,7 +50,7 @@ def write_image(image: torch.Tensor, path: Path, overwrite: bool) -> None:
     Image.fromarray(array).save(path)
 
 
-def _edit(args: argparse.Namespace) -> list[Path]:
+def _edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     outputs = [out] if args.samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.samples)]
     inputs = {Path(p).resolve() for p in (args.source, args.mask, args.reference)}
@@ -68,7 +74,16 @@ def _edit(args: argparse.Namespace) -> list[Path]:
     )
     for image, path in zip(result.images, outputs):
         write_image(image, path, args.overwrite)
-    return outputs
+        print(path)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if Path(args.output).exists() and not args.overwrite:
+        raise InputError(f"'{args.output}' exists; choose another name or pass --overwrite.")
+    print(convert_checkpoint(args.input, args.output, args.config_dir,
+                             dtype=torch.float16 if args.half else None))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     edit.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
     edit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    edit.set_defaults(run=_edit)
 
     convert = commands.add_parser("convert", help="convert mimicbrush.bin to a self-describing .safetensors")
     convert.add_argument("input", help="mimicbrush.bin (or a .safetensors to re-describe)")
@@ -110,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="folder of <part>_config.json to store (default: the released architectures)")
     convert.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     convert.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    convert.set_defaults(run=_convert)
+
+    add_train_command(commands)
+    add_evaluate_command(commands)
     return parser
 
 
@@ -117,15 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.command == "edit":
-            for path in _edit(args):
-                print(path)
-        else:
-            if Path(args.output).exists() and not args.overwrite:
-                raise InputError(f"'{args.output}' exists; choose another name or pass --overwrite.")
-            print(convert_checkpoint(args.input, args.output, args.config_dir,
-                                     dtype=torch.float16 if args.half else None))
+        return args.run(args)
     except MimicBrushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
