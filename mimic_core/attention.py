@@ -13,6 +13,14 @@ with ``x`` the block's own ``norm1`` output and ``r`` the recorded reference tok
 rows get plain self-attention, so the reference never reaches the unconditional branch. This is
 the authors' function, computed with queries over the image tokens only (they attend with all
 2N tokens as queries and drop half the rows) and with each projection computed once.
+
+Attention over ``[x ; r]`` is a weighted mean of attention over ``x`` and over ``r``, with weights
+from each part's log-sum-exp of scores. ``Attn(Q=x, KV=x)`` is computed anyway (it is the plain
+half, and the unconditional rows), so where a kernel returns the log-sum-exp (PyTorch's CPU flash
+attention) the reader only adds attention over ``r``: N keys per query instead of 2N, and no
+concatenated key/value copies. Elsewhere, and whenever autograd records (the kernel's log-sum-exp
+carries no gradient), it attends over the concatenation.
+
 Both processors are installed and removed together by :func:`install_reference_attention`.
 """
 
@@ -133,19 +141,36 @@ class ReferenceReadProcessor:
         query = _heads_view(attn, attn.to_q(hidden_states))
         key = _heads_view(attn, attn.to_k(hidden_states))
         value = _heads_view(attn, attn.to_v(hidden_states))
-        plain = F.scaled_dot_product_attention(query, key, value)
-
         first = batch - conditional
-        reference = reference.to(hidden_states.dtype).expand(conditional, -1, -1)
-        ref_key = torch.cat([key[first:], _heads_view(attn, attn.to_k(reference))], dim=2)
-        ref_value = torch.cat([value[first:], _heads_view(attn, attn.to_v(reference))], dim=2)
-        with_reference = F.scaled_dot_product_attention(query[first:], ref_key, ref_value)
+        reference = reference.to(hidden_states.dtype)
+        ref_key = _heads_view(attn, attn.to_k(reference)).expand(conditional, -1, -1, -1)
+        ref_value = _heads_view(attn, attn.to_v(reference)).expand(conditional, -1, -1, -1)
+        if _merge_by_log_sum_exp(query, ref_key):
+            plain, plain_lse = _attention_with_lse(query, key, value)
+            on_reference, reference_lse = _attention_with_lse(query[first:], ref_key, ref_value)
+            weight = torch.sigmoid(plain_lse[first:] - reference_lse).unsqueeze(-1).to(on_reference.dtype)
+            with_reference = torch.lerp(on_reference, plain[first:], weight)
+        else:
+            plain = F.scaled_dot_product_attention(query, key, value)
+            with_reference = F.scaled_dot_product_attention(
+                query[first:], torch.cat([key[first:], ref_key], dim=2), torch.cat([value[first:], ref_value], dim=2))
+        # to_out[0] is affine, so the half-and-half mix can be taken before it: one projection per row
+        conditional_mix = 0.5 * (with_reference + plain[first:])
+        mixed = _merge_heads(torch.cat([plain[:first], conditional_mix], dim=0))
+        return attn.to_out[1](attn.to_out[0](mixed)) / attn.rescale_output_factor
 
-        unconditional_out = attn.to_out[0](_merge_heads(plain[:first]))
-        conditional_out = 0.5 * attn.to_out[0](_merge_heads(with_reference)) + 0.5 * attn.to_out[0](
-            _merge_heads(plain[first:]))
-        mixed = torch.cat([unconditional_out, conditional_out], dim=0)
-        return attn.to_out[1](mixed) / attn.rescale_output_factor
+
+def _merge_by_log_sum_exp(query: torch.Tensor, ref_key: torch.Tensor) -> bool:
+    """Whether the log-sum-exp merge applies: a CPU kernel that returns it, and no autograd."""
+    return (query.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (query.requires_grad or ref_key.requires_grad)))
+
+
+def _attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """Scaled-dot-product attention and the log-sum-exp of each query's scores (PyTorch's CPU
+    flash-attention kernel, the one ``F.scaled_dot_product_attention`` runs here)."""
+    output, log_sum_exp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, False)
+    return output, log_sum_exp
 
 
 class ReferenceAttentionHandle:

@@ -99,7 +99,8 @@ def _authors_self_attention(attn, hidden, reference):
     return 0.5 * with_reference + 0.5 * attend(hidden, hidden)
 
 
-def test_read_processor_equals_the_authors_computation(unets):
+@pytest.mark.parametrize("route", ["log-sum-exp merge", "concatenated keys (autograd)"])
+def test_read_processor_equals_the_authors_computation(unets, route):
     imitative, reference_unet = unets
     name = reference_block_names(imitative)[3]
     attn = imitative.get_submodule(name).attn1
@@ -107,10 +108,15 @@ def test_read_processor_equals_the_authors_computation(unets):
     width = attn.to_q.in_features
     hidden = torch.randn(3, 64, width, generator=generator)  # 1 unconditional row, 2 conditional
     recorded = torch.randn(1, 64, width, generator=generator)
-    with torch.no_grad(), install_reference_attention(reference_unet, imitative) as handle:
-        handle.bank.features[name] = recorded
+    training = route.endswith("(autograd)")
+    with torch.set_grad_enabled(training), install_reference_attention(reference_unet, imitative) as handle:
+        handle.bank.features[name] = recorded.requires_grad_(training)
         handle.bank.conditional_rows = 2
         ours = attn(hidden)
+        if training:
+            ours.sum().backward()
+            assert recorded.grad is not None and recorded.grad.abs().sum() > 0
+            ours = ours.detach()
     with torch.no_grad():
         expected_cond = _authors_self_attention(attn, hidden[1:], recorded.expand(2, -1, -1))
         expected_uncond = attn(hidden[:1])
