@@ -21,7 +21,7 @@ from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
 from .model_files import find_model_files
 from .models import load_models
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, MimicBrushPipeline
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, REGIONS, SAMPLERS, MimicBrushPipeline
 from .preprocess import mask_to_binary
 from .training.command import add_command as add_train_command
 
@@ -60,8 +60,7 @@ def _edit(args: argparse.Namespace) -> int:
     mask = read_image(args.mask, "L")[..., 0]
     mask_to_binary(mask, source.shape[1], source.shape[2])  # refuse a bad mask before loading gigabytes
     files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
@@ -86,8 +85,39 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_options(options) -> None:
+    """The model-file, sampling and device options of ``edit``, shared by the commands that edit
+    (``options``: a parser or an argument group)."""
+    options.add_argument("--models", help="folder in the authors' layout: mimicbrush/, sd-vae-ft-mse/, depth_model/")
+    options.add_argument("--checkpoint", help="MimicBrush checkpoint (.bin or converted .safetensors), instead of --models")
+    options.add_argument("--vae", help="SD VAE (diffusers folder or single file), instead of --models")
+    options.add_argument("--depth-model", help="Depth Anything (.pth or transformers folder), instead of --models")
+    options.add_argument("--config-dir", default=os.environ.get(CONFIG_DIR_ENV),
+                         help=f"folder of <part>_config.json for non-released architectures (env {CONFIG_DIR_ENV})")
+    options.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default %(default)s)")
+    options.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (default %(default)s)")
+    options.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    options.add_argument("--region", default="whole", choices=REGIONS,
+                         help="whole: the authors' padded whole image; crop: a square around the mask at full detail, "
+                              "stitched back; crop_each: one crop per masked region (default %(default)s)")
+    options.add_argument("--working-size", type=int, default=512, help="square side the model works on (multiple of 64)")
+    options.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+                         help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
+    options.add_argument("--reference-every", type=int, default=1,
+                         help="recompute reference features every k steps; 1 exact, 0 once (fast mode)")
+    options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """``--device`` and ``--dtype`` as given, or their defaults (cuda when available; fp16 on a GPU, fp32 on the CPU)."""
+    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, DTYPES[dtype] if dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mimic_core", description="MimicBrush: edit an image by imitating a reference.")
+    parser = argparse.ArgumentParser(prog="python -m mimic_core",
+                                     description="MimicBrush: edit an image by imitating a reference.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     edit = commands.add_parser("edit", help="regenerate the masked region of a source image from a reference")
@@ -95,27 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", required=True, help="grey mask of the source; white = region to regenerate")
     edit.add_argument("--reference", required=True, help="the image whose matching part is imitated")
     edit.add_argument("--out", required=True, help="where to write the edited image (PNG)")
-    edit.add_argument("--models", help="folder in the authors' layout: mimicbrush/, sd-vae-ft-mse/, depth_model/")
-    edit.add_argument("--checkpoint", help="MimicBrush checkpoint (.bin or converted .safetensors), instead of --models")
-    edit.add_argument("--vae", help="SD VAE (diffusers folder or single file), instead of --models")
-    edit.add_argument("--depth-model", help="Depth Anything (.pth or transformers folder), instead of --models")
-    edit.add_argument("--config-dir", default=os.environ.get(CONFIG_DIR_ENV),
-                      help=f"folder of <part>_config.json for non-released architectures (env {CONFIG_DIR_ENV})")
+    add_model_options(edit)
     edit.add_argument("--keep-shape", action="store_true", help="shape control: keep the source's shape (depth-guided)")
-    edit.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default %(default)s)")
-    edit.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (default %(default)s)")
-    edit.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    edit.add_argument("--region", default="whole", choices=["whole", "crop", "crop_each"],
-                      help="whole: the authors' padded whole image; crop: a square around the mask at full detail, "
-                           "stitched back; crop_each: one crop per masked region (default %(default)s)")
-    edit.add_argument("--working-size", type=int, default=512, help="square side the model works on (multiple of 64)")
-    edit.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler"],
-                      help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
-    edit.add_argument("--reference-every", type=int, default=1,
-                      help="recompute reference features every k steps; 1 exact, 0 once (fast mode)")
     edit.add_argument("--samples", type=int, default=1, help="number of results; written as OUT_0.png, OUT_1.png, ...")
-    edit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    edit.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
     edit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     edit.set_defaults(run=_edit)
 

@@ -165,7 +165,8 @@ class MimicBrushPipeline:
              keep_shape: bool = False, depth_map: torch.Tensor | None = None, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, seed: int = 0, num_samples: int = 1,
              region: str = "whole", context: float = 2.0, min_side: int = 256, working_size: int | None = None,
-             sampler: str = "ddim", reference_every: int = 1, callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+             sampler: str = "ddim", reference_every: int = 1, callback: StepCallback | None = None,
+             should_stop: Callable[[], bool] | None = None,
              generator_device: torch.device | str | None = None) -> EditResult:
         """Regenerate the masked region of ``source`` by imitating ``reference``.
 
