@@ -57,10 +57,15 @@ class EncodedReference:
     working size when an edit asks for one.
     """
 
-    image: np.ndarray
+    image: np.ndarray | None
     embeds_cond: torch.Tensor
     embeds_uncond: torch.Tensor
     posteriors: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def imitates(self) -> bool:
+        """False for :meth:`MimicBrushPipeline.no_reference`: no reference to imitate."""
+        return self.image is not None
 
 
 @dataclass
@@ -142,6 +147,17 @@ class MimicBrushPipeline:
         encoded.posteriors[self.working_size] = self._posterior(padded, self.working_size)
         return encoded
 
+    @torch.inference_mode()
+    def no_reference(self) -> EncodedReference:
+        """The conditioning of an edit with no reference: the model's unconditional branch alone
+        (all-zero CLIP input, no reference attention, no guidance), which training's reference
+        dropout teaches. It makes MimicBrush a plain inpainter: a baseline, not an edit mode."""
+        side = self.models.image_encoder.config.image_size
+        blank = self._to_model(torch.zeros(1, 3, side, side))
+        hidden = self.models.image_encoder(blank, output_hidden_states=True).hidden_states[-2]
+        embeds = self.models.image_proj(hidden)
+        return EncodedReference(None, embeds, embeds)
+
     def _reference_posterior(self, encoded: EncodedReference, working_size: int):
         if working_size not in encoded.posteriors:
             encoded.posteriors[working_size] = self._posterior(encoded.image, working_size)
@@ -172,9 +188,9 @@ class MimicBrushPipeline:
 
         ``source``: ``[1, H, W, C]`` 0..1; ``mask``: ``[H, W]`` or ``[1, H, W]``, 1 = edit (resized to
         the source if it is the same shape at another size); ``reference``: an image or an
-        :class:`EncodedReference`. ``keep_shape`` turns on shape control (the depth of the source
-        guides the edit); ``depth_map`` supplies that depth (of the square-padded source) instead
-        of estimating it.
+        :class:`EncodedReference` (:meth:`no_reference` for the plain-inpainting baseline).
+        ``keep_shape`` turns on shape control (the depth of the source guides the edit);
+        ``depth_map`` supplies that depth (of the square-padded source) instead of estimating it.
 
         ``region`` says what is edited at ``working_size`` (default 512; a multiple of 64 up to
         1024): ``"whole"`` the whole image padded to a square, as the authors do; ``"crop"`` a
@@ -208,7 +224,9 @@ class MimicBrushPipeline:
         source_uint8 = pre.image_to_uint8(source, "source image")
         height, width = source_uint8.shape[:2]
         binary_mask = pre.mask_to_binary(mask, height, width)
-        if isinstance(reference, EncodedReference):
+        if isinstance(reference, EncodedReference) and not reference.imitates:
+            encoded = reference
+        elif isinstance(reference, EncodedReference):
             encoded = EncodedReference(reference.image, reference.embeds_cond.to(self.models.device, self.models.dtype),
                                        reference.embeds_uncond.to(self.models.device, self.models.dtype),
                                        reference.posteriors)
@@ -254,8 +272,10 @@ class MimicBrushPipeline:
         collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
         scale = self.scaling_factor
-        reference_mean, reference_std = self._reference_posterior(encoded, working_size)
-        reference_latents = (reference_mean + reference_std * reference_noise) * scale
+        reference_latents = None
+        if encoded.imitates:
+            reference_mean, reference_std = self._reference_posterior(encoded, working_size)
+            reference_latents = (reference_mean + reference_std * reference_noise) * scale
         masked_latents = (collage_mean + collage_std * collage_noise) * scale
         latents = self._denoise(
             noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, latent_size)),
@@ -274,7 +294,7 @@ class MimicBrushPipeline:
         scheduler = make_scheduler(sampler)
         scheduler.set_timesteps(steps, device=models.device)
         samples = noise.shape[0]
-        guided = guidance > 1.0
+        guided = guidance > 1.0 and encoded.imitates
         rows = 2 * samples if guided else samples
         cond = encoded.embeds_cond.expand(samples, -1, -1)
         context = torch.cat([encoded.embeds_uncond.expand(samples, -1, -1), cond]) if guided else cond
@@ -285,9 +305,9 @@ class MimicBrushPipeline:
             for index, timestep in enumerate(scheduler.timesteps):
                 if should_stop is not None and should_stop():
                     raise EditInterrupted(f"Stopped before step {index + 1} of {total}.")
-                if index == 0 or (reference_every > 0 and index % reference_every == 0):
+                if encoded.imitates and (index == 0 or (reference_every > 0 and index % reference_every == 0)):
                     handle.record(reference_latents, timestep, encoded.embeds_cond)
-                handle.bank.conditional_rows = samples
+                handle.bank.conditional_rows = samples if encoded.imitates else 0
                 model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, timestep)
                 model_input = torch.cat([model_input, conditioning], dim=1)
                 eps = models.unet(model_input, timestep, encoder_hidden_states=context).sample

@@ -98,6 +98,24 @@ def test_no_guidance_runs_the_conditional_branch_only(tiny_pipeline, inputs):
     assert calls == [1, 1]
 
 
+def test_no_reference_is_the_unconditional_branch_alone(tiny_pipeline, inputs):
+    source, mask, reference = inputs
+    models = tiny_pipeline.models
+    reference_calls, contexts = [], []
+    hooks = [models.referencenet.register_forward_hook(lambda m, a, out: reference_calls.append(1)),
+             models.unet.register_forward_pre_hook(
+                 lambda m, a, kw: contexts.append(kw["encoder_hidden_states"]), with_kwargs=True)]
+    try:
+        baseline = tiny_pipeline.edit(source, mask, tiny_pipeline.no_reference(), steps=2, seed=3)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert reference_calls == [] and [c.shape[0] for c in contexts] == [1, 1]
+    torch.testing.assert_close(contexts[0], tiny_pipeline.encode_reference(reference).embeds_uncond)
+    imitated = tiny_pipeline.edit(source, mask, reference, steps=2, seed=3)
+    assert not torch.equal(baseline.images, imitated.images)
+
+
 def test_bad_inputs_get_clear_errors(tiny_pipeline, inputs):
     source, mask, reference = inputs
     with pytest.raises(InputError, match="mask is empty"):
