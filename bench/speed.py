@@ -112,8 +112,10 @@ def _inputs():
 
 def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
     torch.manual_seed(0)
-    models = load_models(files["safetensors"], files["vae"], files["depth"])
-    pipeline = (AuthorsOrderPipeline if mode == "authors" else MimicBrushPipeline)(models)
+    # their U-Nets keep PyTorch's default layout; ours store convolution weights channels-last
+    models = load_models(files["safetensors"], files["vae"], files["depth"], channels_last=mode != "authors")
+    # ours as the CLI runs it: the image encoder's and depth model's memory released once used
+    pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
     options = {"sampler": "dpmpp_2m", "reference_every": 0} if mode == "fast" else {}
     stamps = []
     started = time.perf_counter()

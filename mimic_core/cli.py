@@ -64,7 +64,7 @@ def _edit(args: argparse.Namespace) -> int:
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
-    pipeline = MimicBrushPipeline(models)
+    pipeline = MimicBrushPipeline(models, release_encoders=True)
     result = pipeline.edit(
         source, mask, reference, keep_shape=args.keep_shape, steps=args.steps, guidance=args.guidance,
         seed=args.seed, num_samples=args.samples, region=args.region, working_size=args.working_size,

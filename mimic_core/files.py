@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import pickle
+import sys
+import weakref
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -94,6 +99,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         if data_start + end > size:
             raise _damaged(path, f"it holds {size} bytes, its header describes {data_start + end}")
         storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+        _MAPPED_STORAGES[storage.data_ptr()] = storage
         tensors = {}
         for name, entry in header.items():
             dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
@@ -107,6 +113,45 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
         raise _damaged(path, f"malformed header: {err}") from err
     return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+_MAPPED_STORAGES: weakref.WeakValueDictionary[int, torch.UntypedStorage] = weakref.WeakValueDictionary()
+"""The file mappings :func:`load_safetensors` made and that are still alive, by address."""
+
+
+def release_mapped_pages(tensors: Iterable[torch.Tensor]) -> int:
+    """Give back the resident memory of weights memory-mapped by :func:`load_safetensors`.
+
+    The tensors stay valid: their pages are dropped from this process (``madvise(MADV_DONTNEED)``)
+    and the next read maps them in again from the page cache or the file. This is how a model
+    that is done with its work (the image encoder after the reference is encoded) stops counting
+    against memory on the CPU, where there is nowhere to offload it to. Only whole pages inside
+    tensors that still view one of those mappings are released; a tensor that was copied, cast
+    or moved is not file-backed and is left alone. Returns the bytes released (0 where the
+    platform has no ``madvise``).
+
+    Call it only for weights nothing has written to: the mapping is copy-on-write, and a written
+    page would go back to the file's content.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    page = mmap.PAGESIZE
+    released = 0
+    for tensor in tensors:
+        if tensor.device.type != "cpu" or not tensor.numel():
+            continue
+        storage = tensor.untyped_storage()
+        if _MAPPED_STORAGES.get(storage.data_ptr()) is not storage:
+            continue
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        first, last = -(-start // page) * page, end // page * page
+        if last > first and _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED) == 0:
+            released += last - first
+    return released
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

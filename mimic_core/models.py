@@ -13,6 +13,7 @@ from transformers import CLIPVisionModelWithProjection
 from .checkpoint import read_checkpoint
 from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
+from .files import release_mapped_pages
 from .vae import load_vae
 
 
@@ -48,13 +49,14 @@ class MimicBrushModels:
 
 def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,
                 config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu") -> MimicBrushModels:
+                device: torch.device | str = "cpu", channels_last: bool = True) -> MimicBrushModels:
     """Load MimicBrush from the released files (or their conversions).
 
     ``checkpoint`` is ``mimicbrush.bin`` or its converted ``.safetensors``; ``vae`` the SD VAE (a
     diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
     transformers folder), needed for every edit since the released model always consumes a depth
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
+    ``channels_last`` stores the U-Nets' convolution weights channels-last (:func:`use_channels_last`).
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
@@ -62,5 +64,21 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
         **parts,
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
-    )
-    return models.to(device=device, dtype=dtype)
+    ).to(device=device, dtype=dtype)
+    if channels_last:
+        for unet in (models.unet, models.referencenet):
+            use_channels_last(unet)
+    return models
+
+
+def use_channels_last(module: nn.Module) -> None:
+    """Store the module's convolution weights in channels-last order.
+
+    oneDNN's CPU convolutions run faster on it (the two U-Nets spend about half their time in
+    convolutions), and the results equal the default layout's up to float rounding. The weights
+    the module held before, views of a memory-mapped file when they were loaded from
+    ``.safetensors``, are released rather than left resident beside their copies.
+    """
+    before = [parameter.data for parameter in module.parameters() if parameter.dim() == 4]
+    module.to(memory_format=torch.channels_last)
+    release_mapped_pages(before)

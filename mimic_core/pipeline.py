@@ -24,6 +24,7 @@ from . import preprocess as pre
 from .attention import install_reference_attention
 from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
 from .errors import EditInterrupted, InputError, ModelFileError
+from .files import release_mapped_pages
 from .models import MimicBrushModels
 from .shape_control import blank_depth_map, square_depth_map
 
@@ -61,11 +62,8 @@ class EncodedReference:
     embeds_cond: torch.Tensor
     embeds_uncond: torch.Tensor
     posteriors: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-    @property
-    def imitates(self) -> bool:
-        """False for :meth:`MimicBrushPipeline.no_reference`: no reference to imitate."""
-        return self.image is not None
+    imitates: bool = True
+    """False for :meth:`MimicBrushPipeline.no_reference`: nothing to imitate."""
 
 
 @dataclass
@@ -110,13 +108,24 @@ class MimicBrushPipeline:
     It holds no state between edits but the depth map of the blank input (what "shape control
     off" feeds the guider), computed once; pass ``blank_depth`` when it was computed elsewhere
     (then no depth model is needed for edits with shape control off).
+
+    ``release_encoders``: once the image encoder has embedded a reference and the depth model
+    has estimated a depth, give back the memory their memory-mapped weights hold on the CPU
+    (:func:`~mimic_core.files.release_mapped_pages`; they are read in again when next used).
+    For callers that own the models (the CLI); a host that manages model memory itself, as
+    ComfyUI does, leaves it off.
     """
 
     def __init__(self, models: MimicBrushModels, working_size: int = pre.WORKING_SIZE,
-                 blank_depth: torch.Tensor | None = None):
+                 blank_depth: torch.Tensor | None = None, release_encoders: bool = False):
         self.models = models
         self.working_size = working_size
         self._blank_depth = blank_depth
+        self.release_encoders = release_encoders
+
+    def _done_with(self, module: torch.nn.Module | None) -> None:
+        if self.release_encoders and module is not None:
+            release_mapped_pages(module.parameters())
 
     def latent_size(self, working_size: int) -> int:
         return working_size // (2 ** (len(self.models.vae.config.block_out_channels) - 1))
@@ -143,6 +152,7 @@ class MimicBrushPipeline:
         for clip_input in (pixels, torch.zeros_like(pixels)):
             hidden = self.models.image_encoder(clip_input, output_hidden_states=True).hidden_states[-2]
             embeds.append(self.models.image_proj(hidden))
+        self._done_with(self.models.image_encoder)
         encoded = EncodedReference(padded, embeds[0], embeds[1])
         encoded.posteriors[self.working_size] = self._posterior(padded, self.working_size)
         return encoded
@@ -156,7 +166,8 @@ class MimicBrushPipeline:
         blank = self._to_model(torch.zeros(1, 3, side, side))
         hidden = self.models.image_encoder(blank, output_hidden_states=True).hidden_states[-2]
         embeds = self.models.image_proj(hidden)
-        return EncodedReference(None, embeds, embeds)
+        self._done_with(self.models.image_encoder)
+        return EncodedReference(None, embeds, embeds, imitates=False)
 
     def _reference_posterior(self, encoded: EncodedReference, working_size: int):
         if working_size not in encoded.posteriors:
@@ -172,9 +183,11 @@ class MimicBrushPipeline:
         if self.models.depth_model is None:
             raise ModelFileError("No depth model is loaded. " + DEPTH_MODEL_HINT)
         if source is None:
-            self._blank_depth = blank_depth_map(self.models.depth_model)
-            return self._blank_depth
-        return square_depth_map(self.models.depth_model, pre.image_to_uint8(source, "source image"))
+            self._blank_depth = depth = blank_depth_map(self.models.depth_model)
+        else:
+            depth = square_depth_map(self.models.depth_model, pre.image_to_uint8(source, "source image"))
+        self._done_with(self.models.depth_model)
+        return depth
 
     @torch.inference_mode()
     def edit(self, source: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | EncodedReference, *,

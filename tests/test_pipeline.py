@@ -167,3 +167,17 @@ def test_every_fast_sampler_runs(tiny_pipeline, inputs, sampler):
     assert torch.isfinite(result.latents).all() and result.images.shape == (1, 480, 640, 3)
     with pytest.raises(InputError, match="sampler must be one of"):
         tiny_pipeline.edit(*inputs, steps=2, sampler="plms")
+
+
+def test_releasing_the_encoders_memory_changes_nothing_in_the_result(fixture_dir, inputs):
+    from mimic_core.files import release_mapped_pages
+    from mimic_core.models import load_models
+
+    models = load_models(fixture_dir / "mimicbrush_tiny.safetensors", fixture_dir / "vae",
+                         fixture_dir / "depth_anything_tiny.pth", config_dir=fixture_dir)
+    assert release_mapped_pages(models.image_encoder.parameters()) > 0  # its weights are file-backed
+    kept = MimicBrushPipeline(models).edit(*inputs, keep_shape=True, steps=2, seed=4)
+    released = MimicBrushPipeline(models, release_encoders=True)
+    first = released.edit(*inputs, keep_shape=True, steps=2, seed=4)
+    again = released.edit(*inputs, keep_shape=True, steps=2, seed=4)  # the encoder reads its weights back in
+    assert torch.equal(kept.images, first.images) and torch.equal(first.images, again.images)
