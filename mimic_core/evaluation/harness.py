@@ -20,6 +20,7 @@ import torch
 from ..cli import resolve_device_dtype
 from ..errors import InputError, ModelFileError
 from ..model_files import find_model_files
+from ..preprocess import WORKING_SIZE
 from .backbones import load_backbones
 from .benchmark import Benchmark, Case, load_benchmark
 from .contact_sheet import contact_sheet, write_contact_sheet
@@ -93,8 +94,9 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
         return
     files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     dtype = resolve_device_dtype(device.type, args.dtype)[1]
+    working_size = args.working_size or WORKING_SIZE
     settings = EditSettings.describe(files, args.config_dir, dtype, steps=args.steps, guidance=args.guidance,
-                                     seed=args.seed, region=args.region, working_size=args.working_size,
+                                     seed=args.seed, region=args.region, working_size=working_size,
                                      sampler=args.sampler, reference_every=args.reference_every)
     todo = cases_to_edit(shard, folder, settings, args.overwrite)
     logger.info("%d of this run's %d cases to edit (%d in the benchmark)", len(todo), len(shard), len(benchmark.cases))
@@ -106,7 +108,7 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
-    edit_cases(todo, folder, settings, MimicBrushPipeline(models, working_size=args.working_size))
+    edit_cases(todo, folder, settings, MimicBrushPipeline(models, working_size=working_size))
 
 
 def _score(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFolder, results: dict[str, Path],
