@@ -242,12 +242,9 @@ def test_augmentation_moves_the_mask_with_the_image(seed, top, left, side):
     out_image, out_mask = Augmenter(GEOMETRY_ONLY, 128)(image, mask, seed)
     from_image, from_mask = out_image.mean(axis=2) > 127, out_mask > 0
     union, overlap = (from_image | from_mask).sum(), (from_image & from_mask).sum()
-    # resampling softens a border about a pixel wide: judge the overlap where the square is still
-    # big in the frame, and only the count of disagreeing pixels where little of it is left
-    if union >= 100:
-        assert overlap / union > 0.85
-    else:
-        assert union - overlap <= 30
+    # resampling softens a border about a pixel wide, so pixels may disagree along the outline (about
+    # the square root of the area) but not across it: a shift of a few pixels breaks this bound
+    assert union - overlap <= max(0.15 * union, 2.5 * union ** 0.5 + 4)
 
 
 def test_augmentation_is_reproducible_from_its_seed_and_transforms_strongly():
