@@ -49,3 +49,15 @@ def tiny_pipeline(tiny_models):
     from mimic_core.pipeline import MimicBrushPipeline
 
     return MimicBrushPipeline(tiny_models)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are all per-operation overhead: one thread is as fast as two, and unlike two it
+    does not slow down many times over when other processes share the CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

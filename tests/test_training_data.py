@@ -30,14 +30,7 @@ DEFAULTS = load_config(overrides=["data.images=[unused]", "model.checkpoint=unus
                                   "model.depth_model=unused"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are all per-operation overhead: one thread is as fast as two, and unlike two it
-    does not slow down many times over when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def textured_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -44,14 +44,7 @@ from tests.support import REPO, as_image_tensor
 from tests.test_training_data import crossfade_video, textured_image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are all per-operation overhead: one thread is as fast as two, and unlike two it
-    does not slow down many times over when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
