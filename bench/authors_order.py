@@ -64,7 +64,8 @@ class AuthorsOrderPipeline(MimicBrushPipeline):
         return depth.detach()
 
     def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature, encoded, steps,
-                 guidance, callback, should_stop, sampler="ddim", reference_every=1):
+                 guidance, callback, should_stop, sampler="ddim", reference_every=1, guided_fraction=1.0):
+        """Their loop guides every step: the bench only ever runs it with the exact defaults."""
         models = self.models
         scheduler = make_scheduler(sampler)
         scheduler.set_timesteps(steps, device=models.device)

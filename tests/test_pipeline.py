@@ -161,6 +161,24 @@ def test_fast_mode_stays_within_its_stated_deviation_on_the_fixture(tiny_pipelin
     assert _mean_abs_uint8(solver, exact) < FAST_SOLVER_BOUND
 
 
+def test_guiding_only_the_first_steps_changes_only_the_later_steps(tiny_pipeline, inputs):
+    def steps_of(**options):
+        seen = []
+        result = tiny_pipeline.edit(*inputs, steps=4, seed=3, callback=lambda i, n, latents: seen.append(latents.clone()),
+                                    **options)
+        return result, seen
+
+    full, full_steps = steps_of()
+    half, half_steps = steps_of(guided_fraction=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(full_steps[:2], half_steps[:2]))
+    assert not torch.allclose(full_steps[2], half_steps[2])
+    unguided, _ = steps_of(guidance=1.0)
+    never, _ = steps_of(guided_fraction=0.0)
+    assert torch.equal(unguided.latents, never.latents)
+    with pytest.raises(InputError, match="guided_fraction must be from 0 to 1"):
+        tiny_pipeline.edit(*inputs, steps=1, guided_fraction=1.5)
+
+
 @pytest.mark.parametrize("sampler", ["unipc", "euler"])
 def test_every_fast_sampler_runs(tiny_pipeline, inputs, sampler):
     result = tiny_pipeline.edit(*inputs, steps=2, sampler=sampler)

@@ -36,7 +36,7 @@ from mimic_core.training.data_files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_
 from mimic_core.training.dataset import PairDataset
 from mimic_core.training.export import export_checkpoint
 from mimic_core.training.init_models import load_starting_models
-from mimic_core.training.objective import batch_loss, noise_scheduler
+from mimic_core.training.objective import batch_loss, noise_scheduler, sample_timesteps
 from mimic_core.training.run_folder import load_run_config
 from mimic_core.training.trainer import build_networks, train
 from mimic_core.training.video_pairs import PairSettings, index_videos
@@ -321,6 +321,8 @@ def test_bad_settings_and_folders_are_refused_with_the_key_and_the_fix(workspace
         load_config(overrides=settings_for(workspace, "masking.matched_probability=1.5"))
     with pytest.raises(ConfigError, match=r"'train.total_batch_size' \(6\).*multiple.*\(4\)"):
         load_config(overrides=settings_for(workspace, "train.total_batch_size=6", "train.batch_size_per_device=4"))
+    with pytest.raises(ConfigError, match=r"'train.timestep_sampling'.*uniform, cubic.*'cosine'"):
+        load_config(overrides=settings_for(workspace, "train.timestep_sampling=cosine"))
     with pytest.raises(ConfigError, match=r"'model.checkpoint' is needed"):
         load_config(overrides=settings_for(workspace, "model.checkpoint=null"))
 
@@ -344,6 +346,17 @@ def test_bad_settings_and_folders_are_refused_with_the_key_and_the_fix(workspace
     assert cli_main(["train", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "learning_rate: 1.0e-5" in printed and "(paper" in printed
+
+
+def test_timesteps_are_drawn_uniformly_or_cubically_towards_the_noisy_end():
+    generator = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(20000, 1000, "uniform", generator).double()
+    cubic = sample_timesteps(20000, 1000, "cubic", generator).double()
+    assert uniform.min() >= 0 and uniform.max() <= 999 and cubic.min() >= 0 and cubic.max() <= 999
+    assert abs((uniform >= 500).double().mean() - 0.5) < 0.02
+    # P(t >= 1000 x) = P(u <= (1 - x)^(1/3)) = (1 - x)^(1/3): 0.794 in the noisier half, 0.464 beyond 900
+    assert abs((cubic >= 500).double().mean() - 0.5 ** (1 / 3)) < 0.02
+    assert abs((cubic >= 900).double().mean() - 0.1 ** (1 / 3)) < 0.02
 
 
 def test_the_train_command_registers_without_importing_anything_heavy():

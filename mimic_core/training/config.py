@@ -24,6 +24,7 @@ from ..errors import InputError
 TRAINABLE_PARTS = ("unet", "referencenet", "image_encoder", "image_proj", "depth_guider")
 LORA_PARTS = ("unet", "referencenet", "image_encoder")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TIMESTEP_SAMPLING = ("uniform", "cubic")
 INITS = ("mimicbrush", "sd15")
 
 
@@ -160,6 +161,7 @@ class PartsConfig:
 class TrainConfig:
     parts: PartsConfig
     learning_rate: float
+    timestep_sampling: str
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float
@@ -177,6 +179,8 @@ class TrainConfig:
 
     def check(self) -> None:
         _require(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
+        _require(self.timestep_sampling in TIMESTEP_SAMPLING, "train.timestep_sampling",
+                 f"must be one of {', '.join(TIMESTEP_SAMPLING)}, got '{self.timestep_sampling}'")
         for name in ("adam_beta1", "adam_beta2"):
             _require(0.0 <= getattr(self, name) < 1.0, f"train.{name}", f"must be in [0, 1), got {getattr(self, name)}")
         _require(self.adam_epsilon > 0, "train.adam_epsilon", f"must be positive, got {self.adam_epsilon}")

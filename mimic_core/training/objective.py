@@ -125,8 +125,20 @@ def depth_maps(depth_model, pixels: torch.Tensor, keep_depth: torch.Tensor, blan
     return maps
 
 
+def sample_timesteps(rows: int, total: int, sampling: str, generator: torch.Generator) -> torch.Tensor:
+    """Training timesteps in ``[0, total)``: uniform (the paper), or cubic, ``(1 - u^3) * total``,
+    which puts about 80% of the samples in the noisier half (T2I-Adapter's non-uniform sampling)."""
+    if sampling == "uniform":
+        return torch.randint(0, total, (rows,), generator=generator, device=generator.device)
+    if sampling == "cubic":
+        u = torch.rand((rows,), generator=generator, device=generator.device, dtype=torch.float64)
+        return ((1 - u ** 3) * total).long().clamp_(0, total - 1)
+    raise ValueError(f"unknown timestep sampling '{sampling}'")
+
+
 def prepare_inputs(batch: dict[str, torch.Tensor], vae, depth_model, blank_depth: torch.Tensor,
-                   scheduler: DDPMScheduler, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                   scheduler: DDPMScheduler, generator: torch.Generator,
+                   timestep_sampling: str = "uniform") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The forward inputs of :class:`TrainingNetworks` and the noise to predict, for one batch.
 
     Rows are reordered with the reference-dropped ones first. The VAE and the depth model are
@@ -142,8 +154,8 @@ def prepare_inputs(batch: dict[str, torch.Tensor], vae, depth_model, blank_depth
         reference_latents = _encode(vae, batch["reference"][rows - kept:], generator)
         depth_map = depth_maps(depth_model, batch["depth_pixels"], batch["keep_depth"], blank_depth)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (rows,), generator=generator,
-                              device=generator.device).to(latents.device)
+    timesteps = sample_timesteps(rows, scheduler.config.num_train_timesteps, timestep_sampling,
+                                 generator).to(latents.device)
     inputs = {
         "noisy_latents": scheduler.add_noise(latents, noise, timesteps),
         "timesteps": timesteps,
@@ -157,8 +169,8 @@ def prepare_inputs(batch: dict[str, torch.Tensor], vae, depth_model, blank_depth
 
 
 def batch_loss(networks: nn.Module, batch: dict[str, torch.Tensor], vae, depth_model, blank_depth: torch.Tensor,
-               scheduler: DDPMScheduler, generator: torch.Generator) -> torch.Tensor:
+               scheduler: DDPMScheduler, generator: torch.Generator, timestep_sampling: str = "uniform") -> torch.Tensor:
     """Mean squared error between the predicted and the added noise over the whole latent."""
-    inputs, noise = prepare_inputs(batch, vae, depth_model, blank_depth, scheduler, generator)
+    inputs, noise = prepare_inputs(batch, vae, depth_model, blank_depth, scheduler, generator, timestep_sampling)
     prediction = networks(**inputs)
     return F.mse_loss(prediction.float(), noise.float())
