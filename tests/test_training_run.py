@@ -36,7 +36,7 @@ from mimic_core.training.data_files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_
 from mimic_core.training.dataset import PairDataset
 from mimic_core.training.export import export_checkpoint
 from mimic_core.training.init_models import load_starting_models
-from mimic_core.training.objective import batch_loss, noise_scheduler, sample_timesteps
+from mimic_core.training.objective import batch_loss, noise_scheduler, sample_timesteps, training_noise
 from mimic_core.training.run_folder import load_run_config
 from mimic_core.training.trainer import build_networks, train
 from mimic_core.training.video_pairs import PairSettings, index_videos
@@ -323,6 +323,8 @@ def test_bad_settings_and_folders_are_refused_with_the_key_and_the_fix(workspace
         load_config(overrides=settings_for(workspace, "train.total_batch_size=6", "train.batch_size_per_device=4"))
     with pytest.raises(ConfigError, match=r"'train.timestep_sampling'.*uniform, cubic.*'cosine'"):
         load_config(overrides=settings_for(workspace, "train.timestep_sampling=cosine"))
+    with pytest.raises(ConfigError, match=r"'train.noise_offset_region'.*image, mask.*'box'"):
+        load_config(overrides=settings_for(workspace, "train.noise_offset_region=box"))
     with pytest.raises(ConfigError, match=r"'model.checkpoint' is needed"):
         load_config(overrides=settings_for(workspace, "model.checkpoint=null"))
 
@@ -357,6 +359,21 @@ def test_timesteps_are_drawn_uniformly_or_cubically_towards_the_noisy_end():
     # P(t >= 1000 x) = P(u <= (1 - x)^(1/3)) = (1 - x)^(1/3): 0.794 in the noisier half, 0.464 beyond 900
     assert abs((cubic >= 500).double().mean() - 0.5 ** (1 / 3)) < 0.02
     assert abs((cubic >= 900).double().mean() - 0.1 ** (1 / 3)) < 0.02
+
+
+def test_offset_noise_adds_one_constant_per_sample_and_channel_over_the_image_or_the_mask():
+    shape = (256, 4, 16, 16)
+    plain = training_noise(shape, 0.0, None, torch.Generator().manual_seed(1))
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    image = training_noise(shape, 0.5, None, torch.Generator().manual_seed(1))
+    offsets = image - plain
+    assert torch.allclose(offsets, offsets[..., :1, :1].expand_as(offsets), atol=1e-6)  # constant over each latent
+    assert abs(offsets[..., 0, 0].std().item() - 0.5) < 0.05
+    region = torch.zeros(256, 1, 16, 16)
+    region[..., 4:12, 4:12] = 1
+    masked = training_noise(shape, 0.5, region, torch.Generator().manual_seed(1))
+    assert torch.equal(masked[..., :4, :], plain[..., :4, :])  # plain noise outside the mask
+    assert torch.allclose(masked[..., 4:12, 4:12] - plain[..., 4:12, 4:12], offsets[..., 4:12, 4:12], atol=1e-6)
 
 
 def test_the_train_command_registers_without_importing_anything_heavy():

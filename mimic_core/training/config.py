@@ -25,6 +25,7 @@ TRAINABLE_PARTS = ("unet", "referencenet", "image_encoder", "image_proj", "depth
 LORA_PARTS = ("unet", "referencenet", "image_encoder")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TIMESTEP_SAMPLING = ("uniform", "cubic")
+NOISE_OFFSET_REGIONS = ("image", "mask")
 INITS = ("mimicbrush", "sd15")
 
 
@@ -162,6 +163,8 @@ class TrainConfig:
     parts: PartsConfig
     learning_rate: float
     timestep_sampling: str
+    noise_offset: float
+    noise_offset_region: str
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float
@@ -181,6 +184,9 @@ class TrainConfig:
         _require(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
         _require(self.timestep_sampling in TIMESTEP_SAMPLING, "train.timestep_sampling",
                  f"must be one of {', '.join(TIMESTEP_SAMPLING)}, got '{self.timestep_sampling}'")
+        _require(self.noise_offset >= 0, "train.noise_offset", f"must be 0 (off) or more, got {self.noise_offset}")
+        _require(self.noise_offset_region in NOISE_OFFSET_REGIONS, "train.noise_offset_region",
+                 f"must be one of {', '.join(NOISE_OFFSET_REGIONS)}, got '{self.noise_offset_region}'")
         for name in ("adam_beta1", "adam_beta2"):
             _require(0.0 <= getattr(self, name) < 1.0, f"train.{name}", f"must be in [0, 1), got {getattr(self, name)}")
         _require(self.adam_epsilon > 0, "train.adam_epsilon", f"must be positive, got {self.adam_epsilon}")

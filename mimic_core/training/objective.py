@@ -136,13 +136,36 @@ def sample_timesteps(rows: int, total: int, sampling: str, generator: torch.Gene
     raise ValueError(f"unknown timestep sampling '{sampling}'")
 
 
+def training_noise(shape: torch.Size, offset: float, region: torch.Tensor | None,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise, plus "offset noise" when ``offset`` > 0: a per-sample, per-channel constant
+    of standard deviation ``offset``, over the whole latent (``region`` None, as diffusers'
+    ``--noise_offset``) or only where ``region`` (the latent mask) is 1.
+
+    Why: the noise schedule never quite erases an image (at the last step sqrt(0.0047) = 7% of
+    the latents is left), and over a region of many latent pixels the mean of that residue stands
+    out of the averaged noise. A model being trained can therefore read the masked region's colour
+    from the noisy latents themselves instead of from the reference, and at sampling time, which
+    starts from pure noise, it reads random colours instead. A random constant in the masked region
+    hides that mean: its colour can then only come from the reference. Over the whole latent the
+    constant could be measured on the known background and subtracted, so it hides less.
+    """
+    noise = torch.randn(shape, generator=generator, device=generator.device)
+    if offset:
+        constant = torch.randn(tuple(shape[:2]) + (1, 1), generator=generator, device=generator.device)
+        noise = noise + offset * constant * (1.0 if region is None else region.to(noise.device))
+    return noise
+
+
 def prepare_inputs(batch: dict[str, torch.Tensor], vae, depth_model, blank_depth: torch.Tensor,
                    scheduler: DDPMScheduler, generator: torch.Generator,
-                   timestep_sampling: str = "uniform") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                   timestep_sampling: str = "uniform", noise_offset: float = 0.0,
+                   noise_offset_region: str = "image") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The forward inputs of :class:`TrainingNetworks` and the noise to predict, for one batch.
 
     Rows are reordered with the reference-dropped ones first. The VAE and the depth model are
-    frozen and run without gradients; all random draws come from ``generator``.
+    frozen and run without gradients; all random draws come from ``generator``; the noise is
+    :func:`training_noise`'s.
     """
     order = torch.argsort(batch["keep_reference"].to(torch.int8), stable=True)
     batch = {key: value[order] for key, value in batch.items()}
@@ -153,13 +176,15 @@ def prepare_inputs(batch: dict[str, torch.Tensor], vae, depth_model, blank_depth
         masked_latents = _encode(vae, batch["collage"], generator)
         reference_latents = _encode(vae, batch["reference"][rows - kept:], generator)
         depth_map = depth_maps(depth_model, batch["depth_pixels"], batch["keep_depth"], blank_depth)
-    noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
+    latent_mask = F.interpolate(batch["mask"].float(), size=latents.shape[-2:])  # nearest, as inference
+    region = latent_mask if noise_offset_region == "mask" else None
+    noise = training_noise(latents.shape, noise_offset, region, generator).to(latents.device)
     timesteps = sample_timesteps(rows, scheduler.config.num_train_timesteps, timestep_sampling,
                                  generator).to(latents.device)
     inputs = {
         "noisy_latents": scheduler.add_noise(latents, noise, timesteps),
         "timesteps": timesteps,
-        "latent_mask": F.interpolate(batch["mask"].float(), size=latents.shape[-2:]),  # nearest, as inference
+        "latent_mask": latent_mask,
         "masked_latents": masked_latents,
         "depth_map": depth_map,
         "clip_pixels": batch["clip_pixels"],
@@ -169,8 +194,10 @@ def prepare_inputs(batch: dict[str, torch.Tensor], vae, depth_model, blank_depth
 
 
 def batch_loss(networks: nn.Module, batch: dict[str, torch.Tensor], vae, depth_model, blank_depth: torch.Tensor,
-               scheduler: DDPMScheduler, generator: torch.Generator, timestep_sampling: str = "uniform") -> torch.Tensor:
+               scheduler: DDPMScheduler, generator: torch.Generator, timestep_sampling: str = "uniform",
+               noise_offset: float = 0.0, noise_offset_region: str = "image") -> torch.Tensor:
     """Mean squared error between the predicted and the added noise over the whole latent."""
-    inputs, noise = prepare_inputs(batch, vae, depth_model, blank_depth, scheduler, generator, timestep_sampling)
+    inputs, noise = prepare_inputs(batch, vae, depth_model, blank_depth, scheduler, generator, timestep_sampling,
+                                   noise_offset, noise_offset_region)
     prediction = networks(**inputs)
     return F.mse_loss(prediction.float(), noise.float())

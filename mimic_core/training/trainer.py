@@ -200,7 +200,8 @@ def run_steps(accelerator: Accelerator, config: TrainingConfig, output_dir: Path
             synchronise = micro == accumulation - 1
             with contextlib.nullcontext() if synchronise else accelerator.no_sync(networks):
                 loss = batch_loss(networks, batch, vae, depth_model, blank_depth, scheduler, generator,
-                                  config.train.timestep_sampling)
+                                  config.train.timestep_sampling, config.train.noise_offset,
+                                  config.train.noise_offset_region)
                 accelerator.backward(loss / accumulation)
             step_loss += loss.detach() / accumulation
         if config.train.max_grad_norm > 0:
