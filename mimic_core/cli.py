@@ -59,15 +59,26 @@ def _edit(args: argparse.Namespace) -> int:
     source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
     mask = read_image(args.mask, "L")[..., 0]
     mask_to_binary(mask, source.shape[1], source.shape[2])  # refuse a bad mask before loading gigabytes
-    files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
+    working_size, steps, guidance = args.working_size, args.steps, args.guidance
+    if not (args.models or args.checkpoint or args.vae or args.depth_model):
+        from .demo import DEMO_GUIDANCE, DEMO_NOTICE, DEMO_STEPS, DEMO_WORKING_SIZE, demo_model_files
+
+        logger.warning(DEMO_NOTICE)
+        files = demo_model_files()
+        working_size = working_size or DEMO_WORKING_SIZE
+        steps = DEMO_STEPS if steps is None else steps
+        guidance = DEMO_GUIDANCE if guidance is None else guidance
+    else:
+        files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, release_encoders=True)
     result = pipeline.edit(
-        source, mask, reference, keep_shape=args.keep_shape, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, num_samples=args.samples, region=args.region, working_size=args.working_size,
+        source, mask, reference, keep_shape=args.keep_shape, steps=DEFAULT_STEPS if steps is None else steps,
+        guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
+        seed=args.seed, num_samples=args.samples, region=args.region, working_size=working_size,
         sampler=args.sampler, reference_every=args.reference_every,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
@@ -88,19 +99,22 @@ def _convert(args: argparse.Namespace) -> int:
 def add_model_options(options) -> None:
     """The model-file, sampling and device options of ``edit``, shared by the commands that edit
     (``options``: a parser or an argument group)."""
-    options.add_argument("--models", help="folder in the authors' layout: mimicbrush/, sd-vae-ft-mse/, depth_model/")
+    options.add_argument("--models", help="folder in the authors' layout: mimicbrush/, sd-vae-ft-mse/, depth_model/ "
+                                           "(edit without any model option uses the built-in demo model)")
     options.add_argument("--checkpoint", help="MimicBrush checkpoint (.bin or converted .safetensors), instead of --models")
     options.add_argument("--vae", help="SD VAE (diffusers folder or single file), instead of --models")
     options.add_argument("--depth-model", help="Depth Anything (.pth or transformers folder), instead of --models")
     options.add_argument("--config-dir", default=os.environ.get(CONFIG_DIR_ENV),
                          help=f"folder of <part>_config.json for non-released architectures (env {CONFIG_DIR_ENV})")
-    options.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default %(default)s)")
-    options.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (default %(default)s)")
+    options.add_argument("--steps", type=int, help=f"DDIM steps (default {DEFAULT_STEPS}; the demo model's 25)")
+    options.add_argument("--guidance", type=float,
+                         help=f"guidance scale (default {DEFAULT_GUIDANCE:g}; the demo model's 3)")
     options.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     options.add_argument("--region", default="whole", choices=REGIONS,
                          help="whole: the authors' padded whole image; crop: a square around the mask at full detail, "
                               "stitched back; crop_each: one crop per masked region (default %(default)s)")
-    options.add_argument("--working-size", type=int, default=512, help="square side the model works on (multiple of 64)")
+    options.add_argument("--working-size", type=int,
+                         help="square side the model works on, a multiple of 64 (default 512; the demo model's 128)")
     options.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
                          help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
     options.add_argument("--reference-every", type=int, default=1,

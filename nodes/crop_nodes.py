@@ -7,8 +7,9 @@ import torch
 from .handles import CROP_TYPE, CropInfo
 from .loaders import CATEGORY
 
-WORKING_SIZE = ("INT", {"default": 512, "min": 256, "max": 1024, "step": 64,
-                        "tooltip": "Side of the square the model works on; 512 is what MimicBrush was trained at."})
+WORKING_SIZE = ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64,
+                        "tooltip": "Side of the square the model works on; 512 is what MimicBrush was trained at "
+                                   "(the built-in demo model: 128)."})
 CONTEXT = ("FLOAT", {"default": 2.0, "min": 1.0, "max": 8.0, "step": 0.1,
                      "tooltip": "Crop side as a multiple of the mask's extent: more context, less detail."})
 MIN_SIDE = ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16,

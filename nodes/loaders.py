@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management as mm
 import torch
 
 from .comfy_bridge import PRECISIONS, choose_dtype, make_patcher
 from .handles import DEPTH_MODEL_TYPE, MODEL_TYPE, DepthAnythingModel, MimicBrushModel
-from .model_folders import DEPTH_FOLDER, MIMICBRUSH_FOLDER, model_choices, resolve_model_path
+from .model_folders import DEMO_CHOICE, DEPTH_FOLDER, MIMICBRUSH_FOLDER, model_choices, resolve_model_path
 
 CATEGORY = "MimicBrush"
+logger = logging.getLogger(__name__)
 PRECISION_TOOLTIP = ("Weight precision. auto: fp16 (or bf16) on a GPU that supports it, fp32 on the CPU. "
                      "fp32 is the exact reference; half precision halves memory.")
 
@@ -28,11 +31,14 @@ class MimicBrushLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": (model_choices(MIMICBRUSH_FOLDER), {
+            "checkpoint": (model_choices(MIMICBRUSH_FOLDER, with_demo=True), {
                 "tooltip": "MimicBrush checkpoint in models/mimicbrush: mimicbrush.bin (9.4 GB, Hugging Face "
-                           "xichenhku/MimicBrush) or its conversion by 'python -m mimic_core convert' (faster)."}),
-            "vae": (model_choices("vae"), {
-                "tooltip": "The SD 1.x VAE in models/vae; the authors use sd-vae-ft-mse."}),
+                           "xichenhku/MimicBrush) or its conversion by 'python -m mimic_core convert' (faster). "
+                           f"'{DEMO_CHOICE}' is a toy trained on synthetic shapes at 128 px that ships with the "
+                           "pack so it runs without downloads; it is not MimicBrush and is useless on photos."}),
+            "vae": (model_choices("vae", with_demo=True), {
+                "tooltip": "The SD 1.x VAE in models/vae; the authors use sd-vae-ft-mse. The demo checkpoint "
+                           f"takes the demo VAE ('{DEMO_CHOICE}')."}),
             "depth_model": (DEPTH_MODEL_TYPE, {
                 "tooltip": "Depth Anything from the Depth Anything loader. MimicBrush needs it even with shape "
                            "control off: the released model then sees the depth of a blank image."}),
@@ -42,20 +48,34 @@ class MimicBrushLoader:
     def load(self, checkpoint, vae, depth_model, precision):
         from ..mimic_core.checkpoint import read_checkpoint
         from ..mimic_core.components import build_components
-        from ..mimic_core.model_files import WHERE_TO_DOWNLOAD
         from ..mimic_core.models import MimicBrushModels
         from ..mimic_core.pipeline import MimicBrushPipeline
         from ..mimic_core.shape_control import blank_depth_map
         from ..mimic_core.vae import load_vae
 
-        checkpoint_path = resolve_model_path(MIMICBRUSH_FOLDER, checkpoint, "MimicBrush checkpoint",
-                                             WHERE_TO_DOWNLOAD["checkpoint"])
-        vae_path = resolve_model_path("vae", vae, "VAE", WHERE_TO_DOWNLOAD["vae"])
+        checkpoint_path, vae_path = _checkpoint_and_vae(checkpoint, vae)
         dtype = choose_dtype(precision, mm.get_torch_device())
         models = MimicBrushModels(**build_components(read_checkpoint(checkpoint_path)), vae=load_vae(vae_path))
         blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
         patcher = make_patcher(models.modules(), dtype)
         return (MimicBrushModel(MimicBrushPipeline(models, blank_depth=blank_depth), patcher),)
+
+
+def _checkpoint_and_vae(checkpoint: str, vae: str) -> tuple[str, str]:
+    from ..mimic_core.errors import InputError
+    from ..mimic_core.model_files import WHERE_TO_DOWNLOAD
+
+    if (checkpoint == DEMO_CHOICE) != (vae == DEMO_CHOICE):
+        raise InputError(f"The demo model and its VAE go together: choose '{DEMO_CHOICE}' for both checkpoint and "
+                         "vae, or a real checkpoint with a real SD VAE (sd-vae-ft-mse).")
+    if checkpoint == DEMO_CHOICE:
+        from ..mimic_core.demo import DEMO_NOTICE, demo_model_files
+
+        logger.warning(DEMO_NOTICE)
+        files = demo_model_files()
+        return str(files.checkpoint), str(files.vae)
+    return (resolve_model_path(MIMICBRUSH_FOLDER, checkpoint, "MimicBrush checkpoint", WHERE_TO_DOWNLOAD["checkpoint"]),
+            resolve_model_path("vae", vae, "VAE", WHERE_TO_DOWNLOAD["vae"]))
 
 
 class DepthAnythingLoader:
@@ -71,9 +91,10 @@ class DepthAnythingLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (model_choices(DEPTH_FOLDER), {
+            "model": (model_choices(DEPTH_FOLDER, with_demo=True), {
                 "tooltip": "depth_anything_vitb14.pth (390 MB, from xichenhku/MimicBrush, folder depth_model/) "
-                           "or the model.safetensors of a transformers Depth Anything folder."}),
+                           "or the model.safetensors of a transformers Depth Anything folder. "
+                           f"'{DEMO_CHOICE}' is the tiny random depth model that goes with the demo checkpoint."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
         }}
 
@@ -81,7 +102,12 @@ class DepthAnythingLoader:
         from ..mimic_core.depth import load_depth_model
         from ..mimic_core.model_files import WHERE_TO_DOWNLOAD
 
-        path = resolve_model_path(DEPTH_FOLDER, model, "Depth Anything model", WHERE_TO_DOWNLOAD["depth"])
+        if model == DEMO_CHOICE:
+            from ..mimic_core.demo import demo_model_files
+
+            path = str(demo_model_files().depth_model)
+        else:
+            path = resolve_model_path(DEPTH_FOLDER, model, "Depth Anything model", WHERE_TO_DOWNLOAD["depth"])
         network = load_depth_model(path)
         dtype = choose_dtype(precision, mm.get_torch_device())
         return (DepthAnythingModel(network, make_patcher({"depth_model": network}, dtype)),)

@@ -24,8 +24,13 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
-def model_choices(folder: str) -> list[str]:
-    return sorted(folder_paths.get_filename_list(folder))
+DEMO_CHOICE = "built-in demo (tiny, synthetic)"
+"""The choice naming the demo model shipped in ``mimic_core/demo``: last in a list, and so the
+default only when the folder holds no model, which is how a fresh install runs at all."""
+
+
+def model_choices(folder: str, with_demo: bool = False) -> list[str]:
+    return sorted(folder_paths.get_filename_list(folder)) + ([DEMO_CHOICE] if with_demo else [])
 
 
 def resolve_model_path(folder: str, name: str, what: str, where: str) -> str:

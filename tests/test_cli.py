@@ -78,3 +78,14 @@ def test_an_empty_mask_is_refused_before_any_model_loads(fixture_dir, models_dir
                    "--reference", inputs / "reference.png", "--models", models_dir, "--out", tmp_path / "x.png")
     assert done.returncode == 2 and "mask is empty" in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_edit_without_model_options_runs_the_demo_model_and_says_so(tmp_path):
+    examples = REPO / "mimic_core" / "demo" / "examples"
+    out = tmp_path / "demo.png"
+    done = run_cli("edit", "--source", examples / "source.png", "--mask", examples / "mask.png",
+                   "--reference", examples / "reference.png", "--steps", "4", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "DEMO model" in done.stderr and "xichenhku/MimicBrush" in done.stderr
+    with Image.open(out) as edited, Image.open(examples / "source.png") as source:
+        assert edited.size == source.size

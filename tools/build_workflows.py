@@ -48,26 +48,42 @@ class Node:
     size: tuple[int, int] = (320, 130)
 
 
-def loaders(checkpoint_y: int = 80) -> list[Node]:
+DEMO_CHOICE = "built-in demo (tiny, synthetic)"  # nodes/model_folders.py
+
+
+def loaders(checkpoint_y: int = 80, demo: bool = False) -> list[Node]:
+    depth, checkpoint = ("depth_anything_vitb14.pth", "mimicbrush.bin") if not demo else (DEMO_CHOICE, DEMO_CHOICE)
+    vae = DEMO_CHOICE if demo else "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
     return [
-        Node(1, "DepthAnythingLoader", (40, checkpoint_y), {"model": "depth_anything_vitb14.pth", "precision": "auto"}),
-        Node(2, "MimicBrushLoader", (40, checkpoint_y + 170),
-             {"checkpoint": "mimicbrush.bin", "vae": "sd-vae-ft-mse/diffusion_pytorch_model.safetensors",
-              "precision": "auto"}, {"depth_model": (1, 0)}, size=(360, 130)),
+        Node(1, "DepthAnythingLoader", (40, checkpoint_y), {"model": depth, "precision": "auto"}),
+        Node(2, "MimicBrushLoader", (40, checkpoint_y + 170), {"checkpoint": checkpoint, "vae": vae, "precision": "auto"},
+             {"depth_model": (1, 0)}, size=(360, 130)),
     ]
 
 
 def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=42, title=None,
-            region="crop around mask") -> Node:
+            region="crop around mask", working_size=512, steps=50, guidance=5.0) -> Node:
     links = {"mimicbrush": (2, 0), "source": source, "mask": mask, "reference": reference}
     if shape_depth is not None:
         links["shape_depth"] = shape_depth
     return Node(node_id, "MimicBrushSampler", pos,
-                {"steps": 50, "guidance": 5.0, "seed": seed, "batch_size": 1, "region": region, "working_size": 512,
-                 "context": 2.0, "sampler": "ddim (exact)", "reference_every": 1}, links, title, (340, 380))
+                {"steps": steps, "guidance": guidance, "seed": seed, "batch_size": 1, "region": region,
+                 "working_size": working_size, "context": 2.0, "sampler": "ddim (exact)", "reference_every": 1},
+                links, title, (340, 380))
 
 
 WORKFLOWS = {
+    "mimicbrush_demo": [
+        *loaders(demo=True),
+        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_demo_source.png"},
+             title="Source (the masked shape is repainted)", size=(320, 360)),
+        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_demo_reference.png"},
+             title="Reference (the same shape, another view)", size=(320, 360)),
+        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), title="Edit with the built-in demo model (128 px)",
+                region="whole image (authors)", working_size=128, steps=25, guidance=3.0),
+        Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_demo"}, {"images": (6, 0)}, size=(400, 400)),
+    ],
     "mimicbrush_part_composition": [
         *loaders(),
         Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source (paint the mask in the mask editor)",

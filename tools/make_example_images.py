@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-OUT = Path(__file__).resolve().parents[1] / "workflows" / "inputs"
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "workflows" / "inputs"
 
 
 def backdrop(width: int, height: int, top, bottom) -> Image.Image:
@@ -83,6 +84,11 @@ def main() -> None:
     ImageDraw.Draw(small_mask).rectangle([1150, 820, 1290, 1000], fill=255)  # a patch on the mug only
     with_mask_as_alpha(large, Image.fromarray(np.minimum(np.asarray(small_mask), np.asarray(large_mask)))).save(
         OUT / "mimicbrush_large_source.png")
+    demo = REPO / "mimic_core" / "demo" / "examples"  # the demo model's example inputs, made by its build tool
+    with Image.open(demo / "source.png") as source, Image.open(demo / "mask.png") as mask:
+        with_mask_as_alpha(source.convert("RGB"), mask.convert("L")).save(OUT / "mimicbrush_demo_source.png")
+    with Image.open(demo / "reference.png") as reference:
+        reference.convert("RGB").save(OUT / "mimicbrush_demo_reference.png")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 from ..cli import resolve_device_dtype
 from ..errors import InputError, ModelFileError
 from ..model_files import find_model_files
+from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..preprocess import WORKING_SIZE
 from .backbones import load_backbones
 from .benchmark import Benchmark, Case, load_benchmark
@@ -95,7 +96,9 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
     files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     dtype = resolve_device_dtype(device.type, args.dtype)[1]
     working_size = args.working_size or WORKING_SIZE
-    settings = EditSettings.describe(files, args.config_dir, dtype, steps=args.steps, guidance=args.guidance,
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    settings = EditSettings.describe(files, args.config_dir, dtype, steps=steps, guidance=guidance,
                                      seed=args.seed, region=args.region, working_size=working_size,
                                      sampler=args.sampler, reference_every=args.reference_every)
     todo = cases_to_edit(shard, folder, settings, args.overwrite)
