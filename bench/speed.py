@@ -31,6 +31,10 @@ from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config  # n
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
+FAST_STEPS = 20
+FAST_GUIDED_FRACTIONS = (1.0, 0.5, 0.0)
+"""Fast-mode per-edit times are printed for these shares of guided steps (1: guidance at every
+step as exact mode; 0: the conditional branch alone, as guidance 1)."""
 FIXTURE = REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"
 DEPTH_VITB = {"vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 14},
               "head": {"features": 128, "out_channels": [96, 192, 384, 768]}}
@@ -116,16 +120,22 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
     models = load_models(files["safetensors"], files["vae"], files["depth"], channels_last=mode != "authors")
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
-    options = {"sampler": "dpmpp_2m", "reference_every": 0} if mode == "fast" else {}
+    # fast mode runs twice the steps, guided for the first half only, to time both kinds of step
+    options = {"sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.5} if mode == "fast" else {}
+    run_steps = 2 * steps if mode == "fast" else steps
     stamps = []
     started = time.perf_counter()
-    result = pipeline.edit(*_inputs(), keep_shape=True, steps=steps, seed=1, **options,
+    result = pipeline.edit(*_inputs(), keep_shape=True, steps=run_steps, seed=1, **options,
                            callback=lambda step, total, latents: stamps.append(time.perf_counter()))
     total = time.perf_counter() - started
     torch.save(result.latents, out)
     # steps 2.. are steady; step 1 also holds what the loop does once (fast mode's only reference pass)
-    return {"mode": mode, "total_s": total, "steady_step_s": float(np.mean(np.diff(stamps))),
-            "peak_rss_gib": peak_resident_gib()}
+    durations = np.diff(stamps)
+    report = {"mode": mode, "total_s": total, "steps": run_steps, "steady_step_s": float(np.mean(durations[:steps - 1])),
+              "peak_rss_gib": peak_resident_gib()}
+    if mode == "fast":
+        report["unguided_step_s"] = float(np.mean(durations[steps - 1:]))
+    return report
 
 
 def measure_load(files: dict, kind: str) -> dict:
@@ -186,9 +196,9 @@ def main() -> int:
     for row in (a, e):
         row["fixed_s"] = row["total_s"] - steps * row["steady_step_s"]
     reference_pass = e["steady_step_s"] - f["steady_step_s"]  # fast mode runs it once, at step 1
-    f["fixed_s"] = f["total_s"] - steps * f["steady_step_s"] - reference_pass
+    f["fixed_s"] = f["total_s"] - steps * (f["steady_step_s"] + f["unguided_step_s"]) - reference_pass
+    authors_50 = a["fixed_s"] + 50 * a["steady_step_s"]
     exact_50 = e["fixed_s"] + 50 * e["steady_step_s"]
-    fast_20 = f["fixed_s"] + 20 * f["steady_step_s"] + reference_pass
     print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512², {args.steps} measured steps")
     print(f"exact vs authors' order: relative error of the final latents {relative:.2e} (must be <= 1e-4)\n")
     print("| measurement | authors' order | ours | ratio |")
@@ -199,15 +209,22 @@ def main() -> int:
           f"{e['fixed_s'] / a['fixed_s']:.2f} |")
     print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
           f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
-    print(f"| fast mode (DPM++ 2M, 20 steps, reference once) vs exact 50-step DDIM, s per edit | "
-          f"{exact_50:.0f} | {fast_20:.0f} | {fast_20 / exact_50:.2f} ({exact_50 / fast_20:.1f}x faster) |")
-    print(f"| fast-mode steady step, s | {e['steady_step_s']:.2f} | {f['steady_step_s']:.2f} | "
-          f"{f['steady_step_s'] / e['steady_step_s']:.2f} |")
+    print(f"| s per edit, 50 DDIM steps | {authors_50:.0f} | {exact_50:.0f} | {exact_50 / authors_50:.2f} |")
+    print(f"| fast-mode step, s: guided / conditional only (exact step {e['steady_step_s']:.2f}) | | "
+          f"{f['steady_step_s']:.2f} / {f['unguided_step_s']:.2f} | |")
+    for fraction in FAST_GUIDED_FRACTIONS:
+        guided = round(fraction * FAST_STEPS)
+        fast = (f["fixed_s"] + reference_pass + guided * f["steady_step_s"]
+                + (FAST_STEPS - guided) * f["unguided_step_s"])
+        print(f"| fast mode: DPM++ 2M {FAST_STEPS} steps, reference once, guided_fraction {fraction:g}, s per edit "
+              f"| {authors_50:.0f} | {fast:.0f} | {exact_50 / fast:.1f}x faster than exact, "
+              f"{authors_50 / fast:.1f}x than the authors' |")
     print(f"| load checkpoint, s (.bin vs .safetensors) | {rows['bin']['total_s']:.1f} | "
           f"{rows['safetensors']['total_s']:.1f} | {rows['safetensors']['total_s'] / rows['bin']['total_s']:.2f} |")
     print(f"| load checkpoint, peak GiB | {rows['bin']['peak_rss_gib']:.2f} | {rows['safetensors']['peak_rss_gib']:.2f} | "
           f"{rows['safetensors']['peak_rss_gib'] / rows['bin']['peak_rss_gib']:.2f} |")
-    print("\nPer-edit totals for 50 and 20 steps are the measured fixed cost plus measured per-step costs.")
+    print(f"\nPer-edit totals for 50 and {FAST_STEPS} steps are the measured fixed cost plus measured per-step costs; "
+          "bench/fast_mode_quality.py measures what each fast setting does to the result.")
     return 0 if relative <= 1e-4 else 1
 
 

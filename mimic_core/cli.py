@@ -79,7 +79,7 @@ def _edit(args: argparse.Namespace) -> int:
         source, mask, reference, keep_shape=args.keep_shape, steps=DEFAULT_STEPS if steps is None else steps,
         guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
         seed=args.seed, num_samples=args.samples, region=args.region, working_size=working_size,
-        sampler=args.sampler, reference_every=args.reference_every,
+        sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
     for image, path in zip(result.images, outputs):
@@ -119,6 +119,9 @@ def add_model_options(options) -> None:
                          help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
     options.add_argument("--reference-every", type=int, default=1,
                          help="recompute reference features every k steps; 1 exact, 0 once (fast mode)")
+    options.add_argument("--guided-fraction", type=float, default=1.0,
+                         help="share of the steps, from the first, with classifier-free guidance; 1 exact, less is "
+                              "fast mode (the later steps run the conditional branch alone, at half the cost)")
     options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
 

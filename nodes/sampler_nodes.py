@@ -65,6 +65,11 @@ class MimicBrushSampler:
                     "default": 1, "min": 0, "max": 100,
                     "tooltip": "Recompute the reference features every k steps. 1 is exact (every step); 0 computes "
                                "them once; larger values are fast mode: faster, not the authors' computation."}),
+                "guided_fraction": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Share of the steps, from the first, that use guidance. 1 is exact (every step); "
+                               "less is fast mode: the later steps, which refine detail, skip the guidance pass and "
+                               "cost about half as much, and the result drifts from the exact one."}),
             },
             "optional": {
                 "shape_depth": (SHAPE_DEPTH_TYPE, {
@@ -74,7 +79,7 @@ class MimicBrushSampler:
         }
 
     def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, region, working_size,
-               context, sampler, reference_every, shape_depth=None):
+               context, sampler, reference_every, guided_fraction=1.0, shape_depth=None):
         from ..mimic_core.errors import InputError
 
         masks = mask if mask.ndim == 3 else mask.unsqueeze(0)
@@ -99,7 +104,7 @@ class MimicBrushSampler:
                 depth_map=shape_depth.maps[index % len(shape_depth.maps)] if shape_depth is not None else None,
                 steps=steps, guidance=guidance, seed=seed, num_samples=batch_size, region=REGION_CHOICES[region],
                 working_size=working_size, context=context, sampler=SAMPLER_CHOICES[sampler],
-                reference_every=reference_every, callback=progress,
+                reference_every=reference_every, guided_fraction=guided_fraction, callback=progress,
             )
             images.append(result.images)
             latents.append(result.latents.to("cpu", torch.float32) / pipeline.scaling_factor)

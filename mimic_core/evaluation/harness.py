@@ -100,7 +100,8 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     settings = EditSettings.describe(files, args.config_dir, dtype, steps=steps, guidance=guidance,
                                      seed=args.seed, region=args.region, working_size=working_size,
-                                     sampler=args.sampler, reference_every=args.reference_every)
+                                     sampler=args.sampler, reference_every=args.reference_every,
+                                     guided_fraction=args.guided_fraction)
     todo = cases_to_edit(shard, folder, settings, args.overwrite)
     logger.info("%d of this run's %d cases to edit (%d in the benchmark)", len(todo), len(shard), len(benchmark.cases))
     if not todo:

@@ -52,6 +52,7 @@ class EditSettings:
     working_size: int
     sampler: str
     reference_every: int
+    guided_fraction: float
     dtype: str
 
     @classmethod
@@ -175,7 +176,7 @@ def edit_cases(cases: list[Case], folder: OutputFolder, settings: EditSettings, 
             read_image(str(case.source), "RGB"), read_image(str(case.source_mask), "L")[..., 0], encoded,
             keep_shape=case.keep_shape, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
             region=settings.region, working_size=settings.working_size, sampler=settings.sampler,
-            reference_every=settings.reference_every,
+            reference_every=settings.reference_every, guided_fraction=settings.guided_fraction,
         )
         write_result(image_to_uint8(result.images[0]), folder.result_path(case), settings)
         logger.info("edited %s (%d/%d) in %.1f s", case.id, number, len(ordered), time.perf_counter() - started)
