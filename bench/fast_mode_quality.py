@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mimic_core.demo import DEMO_GUIDANCE, DEMO_WORKING_SIZE, demo_model_files  # noqa: E402
-from mimic_core.demo.imitation import held_out_pairs, masked_region_error  # noqa: E402
+from mimic_core.demo.imitation import held_out_pairs, masked_region_error, mismatched_partner  # noqa: E402
 from mimic_core.demo.synthetic import TEST_SEED_OFFSET  # noqa: E402
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> int:
         for index, pair in enumerate(pairs):
             output = edit(pipeline, pair, pair.reference, index, options)
             right.append(masked_region_error(output, pair))
-            other = pairs[(index + 1) % len(pairs)].reference
+            other = mismatched_partner(pairs, index).reference
             mismatched.append(masked_region_error(edit(pipeline, pair, other, index, options), pair))
             if len(exact_outputs) < len(pairs):  # the first setting is exact DDIM
                 exact_outputs.append(output)
