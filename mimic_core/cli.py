@@ -59,26 +59,25 @@ def _edit(args: argparse.Namespace) -> int:
     source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
     mask = read_image(args.mask, "L")[..., 0]
     mask_to_binary(mask, source.shape[1], source.shape[2])  # refuse a bad mask before loading gigabytes
-    working_size, steps, guidance = args.working_size, args.steps, args.guidance
     if not (args.models or args.checkpoint or args.vae or args.depth_model):
         from .demo import DEMO_GUIDANCE, DEMO_NOTICE, DEMO_STEPS, DEMO_WORKING_SIZE, demo_model_files
 
         logger.warning(DEMO_NOTICE)
         files = demo_model_files()
-        working_size = working_size or DEMO_WORKING_SIZE
-        steps = DEMO_STEPS if steps is None else steps
-        guidance = DEMO_GUIDANCE if guidance is None else guidance
+        defaults = DEMO_STEPS, DEMO_GUIDANCE, DEMO_WORKING_SIZE
     else:
         files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
+        defaults = DEFAULT_STEPS, DEFAULT_GUIDANCE, None
+    steps, guidance, working_size = (default if given is None else given
+                                     for given, default in zip((args.steps, args.guidance, args.working_size), defaults))
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, release_encoders=True)
     result = pipeline.edit(
-        source, mask, reference, keep_shape=args.keep_shape, steps=DEFAULT_STEPS if steps is None else steps,
-        guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
-        seed=args.seed, num_samples=args.samples, region=args.region, working_size=working_size,
+        source, mask, reference, keep_shape=args.keep_shape, steps=steps, guidance=guidance, seed=args.seed,
+        num_samples=args.samples, region=args.region, working_size=working_size,
         sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
