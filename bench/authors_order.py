@@ -5,17 +5,58 @@ batch 2, to the end), and in every mid/up self-attention of the imitative U-Net 
 2N tokens of [x ; r] as queries for both halves, keeps the first N rows, computes plain
 self-attention as well, and keeps the reference mix only for the conditional half. Their depth
 pass runs with autograd on. The function is the same as the engine's exact mode.
+
+Their loading (:func:`load_like_authors`) reads the ``.bin`` into memory with ``torch.load`` and
+copies it into networks built beforehand.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mimic_core.attention import reference_block_names
+from mimic_core.checkpoint import PARTS, default_config
+from mimic_core.components import DepthGuider, ImageProjection, build_image_encoder
 from mimic_core.depth import depth_input_from_image
+from mimic_core.files import read_json
 from mimic_core.preprocess import image_to_uint8, pad_to_square
 from mimic_core.pipeline import EditInterrupted, MimicBrushPipeline, make_scheduler
+
+
+def load_like_authors(path, config_dir) -> dict[str, torch.nn.Module]:
+    """The five networks the authors' way: ``torch.load`` of the whole ``.bin`` into memory, then
+    ``load_state_dict`` copies into networks built from their configs. They build those networks
+    with ``from_pretrained`` on base weights read from disk; here they are built on the meta device
+    and given empty storage, a cheaper stand-in, so this stick measures them on the fast side."""
+    from diffusers import UNet2DConditionModel
+
+    state_dicts = torch.load(path, map_location="cpu", weights_only=True)
+    configs = read_checkpoint_configs(config_dir)
+    with torch.device("meta"):
+        networks = {"unet": UNet2DConditionModel.from_config(configs["unet"]),
+                    "referencenet": UNet2DConditionModel.from_config(configs["referencenet"]),
+                    "image_proj": ImageProjection(*reversed(state_dicts["image_proj"]["projector.weight"].shape)),
+                    "depth_guider": DepthGuider(configs["depth_guider"]["conditioning_embedding_channels"],
+                                                configs["depth_guider"]["conditioning_channels"],
+                                                tuple(configs["depth_guider"]["block_out_channels"]))}
+    networks = {name: network.to_empty(device="cpu") for name, network in networks.items()}
+    for name, network in networks.items():
+        network.load_state_dict(state_dicts[name], strict=name != "referencenet")
+    # CLIP's derived buffers need the engine's builder; its weights are copied in the same way
+    networks["image_encoder"] = build_image_encoder(
+        configs["image_encoder"], {k: torch.empty_like(v) for k, v in state_dicts["image_encoder"].items()})
+    networks["image_encoder"].load_state_dict(
+        {k: v for k, v in state_dicts["image_encoder"].items() if not k.endswith("position_ids")}, strict=False)
+    return networks
+
+
+def read_checkpoint_configs(config_dir) -> dict:
+    """The five parts' configs, as the engine resolves them (without reading any weights)."""
+    files = {part: Path(config_dir) / f"{part}_config.json" for part in PARTS}
+    return {part: read_json(file) if file.is_file() else default_config(part) for part, file in files.items()}
 
 
 def _attend(attn, queries, keys_values):
@@ -64,7 +105,8 @@ class AuthorsOrderPipeline(MimicBrushPipeline):
         return depth.detach()
 
     def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature, encoded, steps,
-                 guidance, callback, should_stop, sampler="ddim", reference_every=1, guided_fraction=1.0):
+                 guidance, callback, should_stop, sampler="ddim", reference_every=1, guided_fraction=1.0,
+                 deep_features_every=1):
         """Their loop guides every step: the bench only ever runs it with the exact defaults."""
         models = self.models
         scheduler = make_scheduler(sampler)

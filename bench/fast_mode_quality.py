@@ -36,6 +36,12 @@ SETTINGS = {
     "... guided_fraction 0.25": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.25},
     "... guided_fraction 0 (no guidance)": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0,
                                             "guided_fraction": 0.0},
+    "DPM++ 2M 20, reference once, deep_features_every 2": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0,
+                                                           "deep_features_every": 2},
+    "... deep_features_every 3": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0, "deep_features_every": 3},
+    "... deep_features_every 5": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0, "deep_features_every": 5},
+    "... deep_features_every 3, guided_fraction 0.5": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0,
+                                                       "deep_features_every": 3, "guided_fraction": 0.5},
 }
 FIRST_PAIR = TEST_SEED_OFFSET + 200_000
 """Held-out pairs of their own: neither the imitation test's nor the build check's."""

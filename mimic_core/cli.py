@@ -79,6 +79,7 @@ def _edit(args: argparse.Namespace) -> int:
         source, mask, reference, keep_shape=args.keep_shape, steps=steps, guidance=guidance, seed=args.seed,
         num_samples=args.samples, region=args.region, working_size=working_size,
         sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
+        deep_features_every=args.deep_features_every,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
     for image, path in zip(result.images, outputs):
@@ -121,6 +122,9 @@ def add_model_options(options) -> None:
     options.add_argument("--guided-fraction", type=float, default=1.0,
                          help="share of the steps, from the first, with classifier-free guidance; 1 exact, less is "
                               "fast mode (the later steps run the conditional branch alone, at half the cost)")
+    options.add_argument("--deep-features-every", type=int, default=1,
+                         help="run the whole imitative U-Net every k steps and only its outermost level between, "
+                              "on the deep features kept (DeepCache); 1 exact, 2-5 fast mode")
     options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
 

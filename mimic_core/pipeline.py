@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import preprocess as pre
 from .attention import install_reference_attention
 from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
+from .deep_cache import DeepFeatureCache
 from .errors import EditInterrupted, InputError, ModelFileError
 from .files import release_mapped_pages
 from .models import MimicBrushModels
@@ -195,7 +196,7 @@ class MimicBrushPipeline:
              guidance: float = DEFAULT_GUIDANCE, seed: int = 0, num_samples: int = 1,
              region: str = "whole", context: float = 2.0, min_side: int = 256, working_size: int | None = None,
              sampler: str = "ddim", reference_every: int = 1, guided_fraction: float = 1.0,
-             callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+             deep_features_every: int = 1, callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
              generator_device: torch.device | str | None = None) -> EditResult:
         """Regenerate the masked region of ``source`` by imitating ``reference``.
 
@@ -215,8 +216,10 @@ class MimicBrushPipeline:
         solvers on the same schedule; 20-25 steps instead of DDIM's 50) and ``reference_every`` k > 1
         (reference features recomputed every k steps; 0: computed once) and ``guided_fraction`` f < 1
         (classifier-free guidance on the first f of the steps only; the later ones, which refine
-        detail, run the conditional branch alone at half the imitative U-Net's cost). The defaults
-        ("ddim", 1, 1.0) are the authors' sampling.
+        detail, run the conditional branch alone at half the imitative U-Net's cost) and
+        ``deep_features_every`` k > 1 (the imitative U-Net's deep features recomputed every k steps;
+        between, only its outermost level runs: :mod:`mimic_core.deep_cache`). The defaults
+        ("ddim", 1, 1.0, 1) are the authors' sampling.
 
         The seed drives one generator on ``generator_device`` (default: the models' device, as
         the authors' code) in the authors' order: reference posterior, initial noise, collage
@@ -233,6 +236,8 @@ class MimicBrushPipeline:
             raise InputError(f"reference_every must be 0 (once) or more, got {reference_every}.")
         if not 0.0 <= guided_fraction <= 1.0:
             raise InputError(f"guided_fraction must be from 0 to 1, got {guided_fraction}.")
+        if deep_features_every < 1:
+            raise InputError(f"deep_features_every must be 1 (every step) or more, got {deep_features_every}.")
         if region not in REGIONS:
             raise InputError(f"region must be one of {', '.join(REGIONS)}, got '{region}'.")
         working_size = working_size or self.working_size
@@ -268,14 +273,15 @@ class MimicBrushPipeline:
             latents, square = self._edit_square(
                 cut(source_uint8, box, 255), cut(region_mask, box, 0), encoded, region_depth, working_size,
                 generator, num_samples, steps, guidance, callback, should_stop, sampler, reference_every,
-                guided_fraction)
+                guided_fraction, deep_features_every)
             outputs = np.stack([stitch(output, region_mask, box, image) for output, image in zip(outputs, square)])
         return EditResult(pre.uint8_to_image(outputs), latents, square, region_depth)
 
     def _edit_square(self, square_source: np.ndarray, square_mask: np.ndarray, encoded: EncodedReference,
                      depth_map: torch.Tensor, working_size: int, generator: torch.Generator, num_samples: int,
                      steps: int, guidance: float, callback, should_stop, sampler: str = "ddim",
-                     reference_every: int = 1, guided_fraction: float = 1.0) -> tuple[torch.Tensor, np.ndarray]:
+                     reference_every: int = 1, guided_fraction: float = 1.0,
+                     deep_features_every: int = 1) -> tuple[torch.Tensor, np.ndarray]:
         """One square (padded image or crop) through the model: final latents and the uint8 output."""
         device, dtype = self.models.device, self.models.dtype
         latent_size = self.latent_size(working_size)
@@ -298,6 +304,7 @@ class MimicBrushPipeline:
         latents = self._denoise(
             noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, latent_size)),
             depth_feature, encoded, steps, guidance, callback, should_stop, sampler, reference_every, guided_fraction,
+            deep_features_every,
         )
         square = np.stack([pre.output_to_uint8(self.models.vae.decode(latent[None] / scale).sample)[0]
                            for latent in latents])
@@ -305,10 +312,13 @@ class MimicBrushPipeline:
 
     def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature,
                  encoded: EncodedReference, steps, guidance, callback, should_stop,
-                 sampler: str = "ddim", reference_every: int = 1, guided_fraction: float = 1.0) -> torch.Tensor:
+                 sampler: str = "ddim", reference_every: int = 1, guided_fraction: float = 1.0,
+                 deep_features_every: int = 1) -> torch.Tensor:
         """The sampling loop. Fast mode, not exact: ``reference_every`` k > 1 recomputes the reference
         features every k steps (0: once, at the first step) instead of at every step;
-        ``guided_fraction`` < 1 guides only the first ``round(guided_fraction * steps)`` steps."""
+        ``guided_fraction`` < 1 guides only the first ``round(guided_fraction * steps)`` steps;
+        ``deep_features_every`` k > 1 runs the whole imitative U-Net every k steps and only its
+        outermost level between (a step after guidance ends runs whole: its batch is another)."""
         models = self.models
         scheduler = make_scheduler(sampler)
         scheduler.set_timesteps(steps, device=models.device)
@@ -319,6 +329,7 @@ class MimicBrushPipeline:
         guided_context = torch.cat([encoded.embeds_uncond.expand(samples, -1, -1), cond])
         conditioning = torch.cat([latent_mask, masked_latents, depth_feature], dim=1)
         latents = noise * scheduler.init_noise_sigma
+        deep = DeepFeatureCache(models.unet) if deep_features_every > 1 else None
         with install_reference_attention(models.referencenet, models.unet) as handle:
             for index, timestep in enumerate(scheduler.timesteps):
                 if should_stop is not None and should_stop():
@@ -331,7 +342,12 @@ class MimicBrushPipeline:
                 model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, timestep)
                 model_input = torch.cat([model_input, conditioning.expand(rows, -1, -1, -1)], dim=1)
                 context = guided_context if guided else cond
-                eps = models.unet(model_input, timestep, encoder_hidden_states=context).sample
+                if deep is None:
+                    eps = models.unet(model_input, timestep, encoder_hidden_states=context).sample
+                elif index % deep_features_every and deep.can_reuse(rows):
+                    eps = deep.shallow(model_input, timestep, context)
+                else:
+                    eps = deep.full(model_input, timestep, context)
                 if guided:
                     eps_uncond, eps_cond = eps.chunk(2)
                     eps = eps_uncond + guidance * (eps_cond - eps_uncond)

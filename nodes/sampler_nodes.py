@@ -70,6 +70,11 @@ class MimicBrushSampler:
                     "tooltip": "Share of the steps, from the first, that use guidance. 1 is exact (every step); "
                                "less is fast mode: the later steps, which refine detail, skip the guidance pass and "
                                "cost about half as much, and the result drifts from the exact one."}),
+                "deep_features_every": ("INT", {
+                    "default": 1, "min": 1, "max": 10,
+                    "tooltip": "Run the whole imitative U-Net every k steps; between them only its outermost level "
+                               "runs, on the deep features kept from the last whole pass (DeepCache). 1 is exact; "
+                               "2-5 is fast mode: such a step costs about half, and the result drifts a little."}),
             },
             "optional": {
                 "shape_depth": (SHAPE_DEPTH_TYPE, {
@@ -79,7 +84,7 @@ class MimicBrushSampler:
         }
 
     def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, region, working_size,
-               context, sampler, reference_every, guided_fraction=1.0, shape_depth=None):
+               context, sampler, reference_every, guided_fraction=1.0, deep_features_every=1, shape_depth=None):
         from ..mimic_core.errors import InputError
 
         masks = mask if mask.ndim == 3 else mask.unsqueeze(0)
@@ -104,7 +109,8 @@ class MimicBrushSampler:
                 depth_map=shape_depth.maps[index % len(shape_depth.maps)] if shape_depth is not None else None,
                 steps=steps, guidance=guidance, seed=seed, num_samples=batch_size, region=REGION_CHOICES[region],
                 working_size=working_size, context=context, sampler=SAMPLER_CHOICES[sampler],
-                reference_every=reference_every, guided_fraction=guided_fraction, callback=progress,
+                reference_every=reference_every, guided_fraction=guided_fraction,
+                deep_features_every=deep_features_every, callback=progress,
             )
             images.append(result.images)
             latents.append(result.latents.to("cpu", torch.float32) / pipeline.scaling_factor)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tests.support import FIXTURE, read_png
+from tests.support import FIXTURE, as_image_tensor, read_png
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,16 @@ def fixture_images(fixture_dir):
         "reference": read_png(inputs / "reference.png"),
         "mask": (read_png(inputs / "mask.png", "L") > 128).astype(np.uint8),
     }
+
+
+@pytest.fixture(scope="session")
+def inputs(fixture_images):
+    """The fixture's source, mask and reference as an edit takes them."""
+    import torch
+
+    return (as_image_tensor(fixture_images["source"]),
+            torch.from_numpy(fixture_images["mask"].astype(np.float32)),
+            as_image_tensor(fixture_images["reference"]))
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,9 @@ import torch
 from mimic_core.errors import EditInterrupted, InputError, ModelFileError
 from mimic_core.pipeline import MimicBrushPipeline
 
-from tests.support import as_image_tensor
 
 STEPS = 3
 FAST_SOLVER_BOUND = 20.0  # uint8 mean abs, DPM++ 2M at 8 steps vs DDIM at 12; measured 14.6
-
-
-@pytest.fixture(scope="module")
-def inputs(fixture_images):
-    return (as_image_tensor(fixture_images["source"]),
-            torch.from_numpy(fixture_images["mask"].astype(np.float32)),
-            as_image_tensor(fixture_images["reference"]))
 
 
 def test_same_seed_same_result_other_seed_other_result(tiny_pipeline, inputs):

@@ -101,7 +101,8 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
     settings = EditSettings.describe(files, args.config_dir, dtype, steps=steps, guidance=guidance,
                                      seed=args.seed, region=args.region, working_size=working_size,
                                      sampler=args.sampler, reference_every=args.reference_every,
-                                     guided_fraction=args.guided_fraction)
+                                     guided_fraction=args.guided_fraction,
+                                     deep_features_every=args.deep_features_every)
     todo = cases_to_edit(shard, folder, settings, args.overwrite)
     logger.info("%d of this run's %d cases to edit (%d in the benchmark)", len(todo), len(shard), len(benchmark.cases))
     if not todo:

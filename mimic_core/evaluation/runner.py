@@ -53,6 +53,7 @@ class EditSettings:
     sampler: str
     reference_every: int
     guided_fraction: float
+    deep_features_every: int
     dtype: str
 
     @classmethod
@@ -177,6 +178,7 @@ def edit_cases(cases: list[Case], folder: OutputFolder, settings: EditSettings, 
             keep_shape=case.keep_shape, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
             region=settings.region, working_size=settings.working_size, sampler=settings.sampler,
             reference_every=settings.reference_every, guided_fraction=settings.guided_fraction,
+            deep_features_every=settings.deep_features_every,
         )
         write_result(image_to_uint8(result.images[0]), folder.result_path(case), settings)
         logger.info("edited %s (%d/%d) in %.1f s", case.id, number, len(ordered), time.perf_counter() - started)
