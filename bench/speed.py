@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,9 +33,12 @@ from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
 FAST_STEPS = 20
-FAST_GUIDED_FRACTIONS = (1.0, 0.5, 0.0)
-"""Fast-mode per-edit times are printed for these shares of guided steps (1: guidance at every
-step as exact mode; 0: the conditional branch alone, as guidance 1)."""
+FAST_SETTINGS = ((1.0, 1), (1.0, 2), (1.0, 3), (1.0, 5), (0.5, 1), (0.5, 3), (0.0, 1))
+"""Fast-mode per-edit times are printed for these (guided_fraction, deep_features_every): the share
+of guided steps (1: guidance at every step as exact mode; 0: the conditional branch alone) and how
+often the imitative U-Net runs whole (1: every step; k: every k-th, its outermost level between)."""
+FAST_DEEP_EVERY = 2
+"""The measured fast run reuses deep features every 2nd step, so it times all four kinds of step."""
 FIXTURE = REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"
 DEPTH_VITB = {"vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 14},
               "head": {"features": 128, "out_channels": [96, 192, 384, 768]}}
@@ -120,35 +124,86 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
     models = load_models(files["safetensors"], files["vae"], files["depth"], channels_last=mode != "authors")
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
-    # fast mode runs twice the steps, guided for the first half only, to time both kinds of step
-    options = {"sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.5} if mode == "fast" else {}
+    # fast mode runs twice the steps, guided for the first half only, the whole U-Net every 2nd step
+    # (and at the first unguided one), to time guided and unguided, whole and shallow steps
+    options = ({"sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.5,
+                "deep_features_every": FAST_DEEP_EVERY} if mode == "fast" else {})
     run_steps = 2 * steps if mode == "fast" else steps
-    stamps = []
+    kinds, current = [], {}
+    unet = pipeline.models.unet
+    hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: current.update(rows=output.shape[0])),
+             unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True))]
+
+    def step_done(step, total, latents):
+        kinds.append(("guided" if current["rows"] == 2 else "unguided", "whole" if current.pop("whole", False)
+                      else "shallow", time.perf_counter()))
+
     started = time.perf_counter()
-    result = pipeline.edit(*_inputs(), keep_shape=True, steps=run_steps, seed=1, **options,
-                           callback=lambda step, total, latents: stamps.append(time.perf_counter()))
+    result = pipeline.edit(*_inputs(), keep_shape=True, steps=run_steps, seed=1, **options, callback=step_done)
     total = time.perf_counter() - started
+    for hook in hooks:
+        hook.remove()
     torch.save(result.latents, out)
     # steps 2.. are steady; step 1 also holds what the loop does once (fast mode's only reference pass)
-    durations = np.diff(stamps)
-    report = {"mode": mode, "total_s": total, "steps": run_steps, "steady_step_s": float(np.mean(durations[:steps - 1])),
-              "peak_rss_gib": peak_resident_gib()}
-    if mode == "fast":
-        report["unguided_step_s"] = float(np.mean(durations[steps - 1:]))
+    stamps = [stamp for _, _, stamp in kinds]
+    steady = {}
+    for (guided, whole, _), duration in zip(kinds[1:], np.diff(stamps)):
+        steady.setdefault(f"{guided}_{whole}", []).append(float(duration))
+    report = {"mode": mode, "total_s": total, "steps": run_steps, "first_step_s": stamps[0] - started,
+              "loop_s": stamps[-1] - started, "peak_rss_gib": peak_resident_gib(),
+              "step_s": {kind: float(np.mean(values)) for kind, values in steady.items()}}
+    report["steady_step_s"] = report["step_s"]["guided_whole"]
     return report
 
 
-def measure_load(files: dict, kind: str) -> dict:
+LOADERS = {"authors": "bin", "bin": "bin", "safetensors": "safetensors"}
+"""Load measurements, each naming the file it reads: the authors' way with the ``.bin``
+(:func:`bench.authors_order.load_like_authors`), the engine's reader on the ``.bin`` (memory-mapped
+``torch.load``) and on the converted ``.safetensors``."""
+
+
+def measure_load(files: dict, loader: str) -> dict:
+    from bench.authors_order import load_like_authors
     from mimic_core.checkpoint import read_checkpoint
     from mimic_core.components import build_components
 
+    config_dir = Path(files["safetensors"]).parent / "configs"
     started = time.perf_counter()
-    components = build_components(read_checkpoint(files[kind], Path(files["safetensors"]).parent / "configs"))
+    if loader == "authors":
+        components = load_like_authors(files["bin"], config_dir)
+    else:
+        components = build_components(read_checkpoint(files[LOADERS[loader]], config_dir))
     for module in components.values():  # touch every weight once, as a first forward pass would
         for parameter in module.parameters():
             parameter.data.sum()
-    return {"mode": f"load {kind}", "total_s": time.perf_counter() - started,
+    return {"mode": f"load {loader}", "total_s": time.perf_counter() - started,
             "peak_rss_gib": peak_resident_gib()}
+
+
+def set_page_cache(path: str, cached: bool) -> None:
+    """Put a file wholly in the page cache (read it through) or drop it from there (clean pages
+    only, which a finished file's are), so every load starts from the same state."""
+    with open(path, "rb") as handle:
+        if cached:
+            while handle.read(1 << 26):
+                pass
+        else:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+STEP_KINDS = ("guided_whole", "guided_shallow", "unguided_whole", "unguided_shallow")
+
+
+def fast_step_kinds(guided_fraction: float, deep_every: int) -> list[str]:
+    """The kind of each of the FAST_STEPS steps, by the engine's rule: guided for the first
+    ``round(f * steps)``; whole every ``deep_every``-th step and where the batch changes."""
+    guided_steps, kinds, rows = round(guided_fraction * FAST_STEPS), [], None
+    for index in range(FAST_STEPS):
+        guided = index < guided_steps
+        whole = deep_every == 1 or index % deep_every == 0 or rows != guided
+        kinds.append(f"{'guided' if guided else 'unguided'}_{'whole' if whole else 'shallow'}")
+        rows = guided
+    return kinds
 
 
 def _child(args: list[str]) -> dict:
@@ -187,16 +242,20 @@ def main() -> int:
             print(json.dumps(rows[mode]), file=sys.stderr)
         authors, exact = torch.load(work / "authors.pt"), torch.load(work / "exact.pt")
         relative = ((exact - authors).norm() / authors.norm()).item()
-        for kind in ("bin", "safetensors"):
-            rows[kind] = _child(["--child", f"load-{kind}", *common])
-            print(json.dumps(rows[kind]), file=sys.stderr)
+        for cached in (True, False):
+            for loader, kind in LOADERS.items():
+                set_page_cache(files[kind], cached)
+                rows[loader, cached] = _child(["--child", f"load-{loader}", *common])
+                print(json.dumps(rows[loader, cached]), file=sys.stderr)
 
     a, e, f = rows["authors"], rows["exact"], rows["fast"]
     steps = args.steps
     for row in (a, e):
         row["fixed_s"] = row["total_s"] - steps * row["steady_step_s"]
-    reference_pass = e["steady_step_s"] - f["steady_step_s"]  # fast mode runs it once, at step 1
-    f["fixed_s"] = f["total_s"] - steps * (f["steady_step_s"] + f["unguided_step_s"]) - reference_pass
+    step_s = f["step_s"]
+    reference_pass = e["steady_step_s"] - step_s["guided_whole"]  # fast mode runs it once, at step 1
+    # outside the loop: the edit's time before its first step (less that step) and after its last
+    f["fixed_s"] = f["total_s"] - f["loop_s"] + f["first_step_s"] - step_s["guided_whole"] - reference_pass
     authors_50 = a["fixed_s"] + 50 * a["steady_step_s"]
     exact_50 = e["fixed_s"] + 50 * e["steady_step_s"]
     print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512², {args.steps} measured steps")
@@ -210,19 +269,25 @@ def main() -> int:
     print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
           f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
     print(f"| s per edit, 50 DDIM steps | {authors_50:.0f} | {exact_50:.0f} | {exact_50 / authors_50:.2f} |")
-    print(f"| fast-mode step, s: guided / conditional only (exact step {e['steady_step_s']:.2f}) | | "
-          f"{f['steady_step_s']:.2f} / {f['unguided_step_s']:.2f} | |")
-    for fraction in FAST_GUIDED_FRACTIONS:
-        guided = round(fraction * FAST_STEPS)
-        fast = (f["fixed_s"] + reference_pass + guided * f["steady_step_s"]
-                + (FAST_STEPS - guided) * f["unguided_step_s"])
-        print(f"| fast mode: DPM++ 2M {FAST_STEPS} steps, reference once, guided_fraction {fraction:g}, s per edit "
-              f"| {authors_50:.0f} | {fast:.0f} | {exact_50 / fast:.1f}x faster than exact, "
+    print(f"| fast-mode step, s: guided whole / guided shallow / conditional-only whole / conditional-only shallow "
+          f"(exact step {e['steady_step_s']:.2f}, reference pass {reference_pass:.2f}) | | "
+          f"{' / '.join(f'{step_s[kind]:.2f}' for kind in STEP_KINDS)} | |")
+    exact_loop = 50 * e["steady_step_s"]
+    for fraction, deep_every in FAST_SETTINGS:
+        loop = reference_pass + sum(step_s[kind] for kind in fast_step_kinds(fraction, deep_every))
+        fast = f["fixed_s"] + loop
+        print(f"| fast mode: DPM++ 2M {FAST_STEPS} steps, reference once, guided_fraction {fraction:g}, "
+              f"deep_features_every {deep_every}: s per edit (sampling loop alone) | {authors_50:.0f} | "
+              f"{fast:.0f} ({loop:.0f}) | {exact_50 / fast:.1f}x faster than exact ({exact_loop / loop:.1f}x the loop), "
               f"{authors_50 / fast:.1f}x than the authors' |")
-    print(f"| load checkpoint, s (.bin vs .safetensors) | {rows['bin']['total_s']:.1f} | "
-          f"{rows['safetensors']['total_s']:.1f} | {rows['safetensors']['total_s'] / rows['bin']['total_s']:.2f} |")
-    print(f"| load checkpoint, peak GiB | {rows['bin']['peak_rss_gib']:.2f} | {rows['safetensors']['peak_rss_gib']:.2f} | "
-          f"{rows['safetensors']['peak_rss_gib'] / rows['bin']['peak_rss_gib']:.2f} |")
+    for cached, state in ((True, "file in the page cache"), (False, "file not cached")):
+        authors = rows["authors", cached]
+        for loader, what in (("safetensors", "our .safetensors"), ("bin", "our reader on the .bin")):
+            ours = rows[loader, cached]
+            print(f"| load checkpoint, {state}: authors' .bin vs {what}, s / peak GiB | "
+                  f"{authors['total_s']:.1f} / {authors['peak_rss_gib']:.2f} | "
+                  f"{ours['total_s']:.1f} / {ours['peak_rss_gib']:.2f} | "
+                  f"{ours['total_s'] / authors['total_s']:.2f} / {ours['peak_rss_gib'] / authors['peak_rss_gib']:.2f} |")
     print(f"\nPer-edit totals for 50 and {FAST_STEPS} steps are the measured fixed cost plus measured per-step costs; "
           "bench/fast_mode_quality.py measures what each fast setting does to the result.")
     return 0 if relative <= 1e-4 else 1

@@ -41,6 +41,16 @@ class MimicBrushModels:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def use_channels_last(self) -> "MimicBrushModels":
+        """Store the U-Nets' convolution weights channels-last (:func:`use_channels_last`).
+
+        Not the VAE's: channels-last would save about 15% of its time at 512², but its encoder's
+        rounding then departs from the authors' by up to 4e-3 on the golden fixture's latents, 40
+        times the fixture's stage tolerance; the U-Nets stay within it."""
+        for module in (self.unet, self.referencenet):
+            use_channels_last(module)
+        return self
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
         for module in self.modules().values():
             module.to(device=device, dtype=dtype)
@@ -56,7 +66,8 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
     diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
     transformers folder), needed for every edit since the released model always consumes a depth
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
-    ``channels_last`` stores the U-Nets' convolution weights channels-last (:func:`use_channels_last`).
+    ``channels_last`` stores the U-Nets' convolution weights channels-last
+    (:meth:`MimicBrushModels.use_channels_last`).
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
@@ -65,10 +76,7 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
     ).to(device=device, dtype=dtype)
-    if channels_last:
-        for unet in (models.unet, models.referencenet):
-            use_channels_last(unet)
-    return models
+    return models.use_channels_last() if channels_last else models
 
 
 def use_channels_last(module: nn.Module) -> None:

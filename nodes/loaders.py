@@ -55,7 +55,8 @@ class MimicBrushLoader:
 
         checkpoint_path, vae_path = _checkpoint_and_vae(checkpoint, vae)
         dtype = choose_dtype(precision, mm.get_torch_device())
-        models = MimicBrushModels(**build_components(read_checkpoint(checkpoint_path)), vae=load_vae(vae_path))
+        models = MimicBrushModels(**build_components(read_checkpoint(checkpoint_path)),
+                                  vae=load_vae(vae_path)).use_channels_last()
         blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
         patcher = make_patcher(models.modules(), dtype)
         return (MimicBrushModel(MimicBrushPipeline(models, blank_depth=blank_depth), patcher),)
