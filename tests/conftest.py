@@ -47,6 +47,26 @@ def inputs(fixture_images):
 
 
 @pytest.fixture(scope="session")
+def unets(fixture_dir):
+    """An imitative and a reference U-Net of the fixture's architecture with random weights, every
+    path non-zero. Tests that install processors or hooks on them remove them again."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads((fixture_dir / "unet_config.json").read_text())
+    torch.manual_seed(0)
+    imitative = UNet2DConditionModel.from_config(config).eval()
+    reference = UNet2DConditionModel.from_config(dict(config, in_channels=4)).eval()
+    for unet in (imitative, reference):  # diffusers zero-initialises some outputs; make every path count
+        with torch.no_grad():
+            for parameter in unet.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    return imitative, reference
+
+
+@pytest.fixture(scope="session")
 def tiny_models(fixture_dir):
     from mimic_core.models import load_models
 

@@ -7,22 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
 
 from mimic_core.attention import install_reference_attention, reference_block_names
-
-
-@pytest.fixture(scope="module")
-def unets(fixture_dir):
-    config = json.loads((fixture_dir / "unet_config.json").read_text())
-    torch.manual_seed(0)
-    imitative = UNet2DConditionModel.from_config(config).eval()
-    reference = UNet2DConditionModel.from_config(dict(config, in_channels=4)).eval()
-    for unet in (imitative, reference):  # diffusers zero-initialises some outputs; make every path count
-        with torch.no_grad():
-            for parameter in unet.parameters():
-                parameter.add_(torch.randn_like(parameter) * 0.05)
-    return imitative, reference
 
 
 def _inputs(seed: int, rows: int = 2):

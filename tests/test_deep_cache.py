@@ -20,21 +20,8 @@ DEEP_REUSE_BOUND = 2.0
 12 DDIM steps; measured 0.96 (random weights; on the demo model, which has learnt, see bench/fast_mode_quality.py)."""
 
 
-@pytest.fixture(scope="module")
-def imitative_and_reference(fixture_dir):
-    config = json.loads((fixture_dir / "unet_config.json").read_text())
-    torch.manual_seed(1)
-    imitative = UNet2DConditionModel.from_config(config).eval()
-    reference = UNet2DConditionModel.from_config(dict(config, in_channels=4)).eval()
-    for unet in (imitative, reference):  # diffusers zero-initialises some outputs; make every path count
-        with torch.no_grad():
-            for parameter in unet.parameters():
-                parameter.add_(torch.randn_like(parameter) * 0.05)
-    return imitative, reference
-
-
-def test_a_shallow_pass_on_current_deep_features_is_the_whole_forward_pass(imitative_and_reference):
-    imitative, reference = imitative_and_reference
+def test_a_shallow_pass_on_current_deep_features_is_the_whole_forward_pass(unets):
+    imitative, reference = unets
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, 13, 32, 32, generator=generator)
     context = torch.randn(2, 7, 32, generator=generator)
