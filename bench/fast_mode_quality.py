@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mimic_core.demo import DEMO_GUIDANCE, DEMO_WORKING_SIZE, demo_model_files  # noqa: E402
-from mimic_core.demo.imitation import held_out_pairs, masked_region_error, mismatched_partner  # noqa: E402
+from mimic_core.demo.imitation import edit_pair, held_out_pairs, masked_region_error, mismatched_partner  # noqa: E402
 from mimic_core.demo.synthetic import TEST_SEED_OFFSET  # noqa: E402
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
@@ -48,12 +48,8 @@ FIRST_PAIR = TEST_SEED_OFFSET + 200_000
 
 
 def edit(pipeline: MimicBrushPipeline, pair, reference: np.ndarray, seed: int, options: dict) -> np.ndarray:
-    def image(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
-
-    result = pipeline.edit(image(pair.source), torch.from_numpy(pair.mask.astype(np.float32)), image(reference),
-                           seed=seed, working_size=DEMO_WORKING_SIZE, guidance=DEMO_GUIDANCE, **options)
-    return np.clip(np.round(result.images[0].float().numpy() * 255), 0, 255).astype(np.uint8)
+    return edit_pair(pipeline, pair, reference, seed=seed, working_size=DEMO_WORKING_SIZE, guidance=DEMO_GUIDANCE,
+                     **options)
 
 
 def main() -> int:

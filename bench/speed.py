@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.authors_order import AuthorsOrderPipeline  # noqa: E402
 from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config  # noqa: E402
+from mimic_core.deep_cache import whole_steps  # noqa: E402
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
@@ -195,15 +196,11 @@ STEP_KINDS = ("guided_whole", "guided_shallow", "unguided_whole", "unguided_shal
 
 
 def fast_step_kinds(guided_fraction: float, deep_every: int) -> list[str]:
-    """The kind of each of the FAST_STEPS steps, by the engine's rule: guided for the first
-    ``round(f * steps)``; whole every ``deep_every``-th step and where the batch changes."""
-    guided_steps, kinds, rows = round(guided_fraction * FAST_STEPS), [], None
-    for index in range(FAST_STEPS):
-        guided = index < guided_steps
-        whole = deep_every == 1 or index % deep_every == 0 or rows != guided
-        kinds.append(f"{'guided' if guided else 'unguided'}_{'whole' if whole else 'shallow'}")
-        rows = guided
-    return kinds
+    """The kind of each of the FAST_STEPS steps, by the engine's rules: guided for the first
+    ``round(f * steps)``; whole where :func:`mimic_core.deep_cache.whole_steps` says."""
+    guided_steps = round(guided_fraction * FAST_STEPS)
+    return [f"{'guided' if index < guided_steps else 'unguided'}_{'whole' if whole else 'shallow'}"
+            for index, whole in enumerate(whole_steps(FAST_STEPS, guided_steps, deep_every))]
 
 
 def _child(args: list[str]) -> dict:

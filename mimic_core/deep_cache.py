@@ -21,6 +21,13 @@ from diffusers import UNet2DConditionModel
 from .errors import MimicBrushError
 
 
+def whole_steps(total: int, guided_steps: int, deep_every: int) -> list[bool]:
+    """Which of ``total`` steps run the whole U-Net: every ``deep_every``-th, and the first step
+    after guidance ends (the first ``guided_steps`` steps have twice the batch, so nothing kept
+    before fits it)."""
+    return [index % deep_every == 0 or index == guided_steps for index in range(total)]
+
+
 class DeepFeatureCache:
     """Runs a U-Net in full (keeping its deep features) or shallowly (reusing them)."""
 
@@ -46,13 +53,9 @@ class DeepFeatureCache:
         finally:
             hook.remove()
 
-    def can_reuse(self, rows: int) -> bool:
-        """Whether kept features exist for a batch of ``rows`` (guided and unguided steps differ)."""
-        return self.features is not None and self.features.shape[0] == rows
-
     def shallow(self, sample: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
         """The outermost level of the U-Net on the kept deep features; mirrors the stock forward pass."""
-        if not self.can_reuse(sample.shape[0]):
+        if self.features is None or self.features.shape[0] != sample.shape[0]:
             raise MimicBrushError("A shallow U-Net step needs deep features from a full step on the same batch.")
         unet = self.unet
         embedding = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))

@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import preprocess as pre
 from .attention import install_reference_attention
 from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
-from .deep_cache import DeepFeatureCache
+from .deep_cache import DeepFeatureCache, whole_steps
 from .errors import EditInterrupted, InputError, ModelFileError
 from .files import release_mapped_pages
 from .models import MimicBrushModels
@@ -330,6 +330,7 @@ class MimicBrushPipeline:
         conditioning = torch.cat([latent_mask, masked_latents, depth_feature], dim=1)
         latents = noise * scheduler.init_noise_sigma
         deep = DeepFeatureCache(models.unet) if deep_features_every > 1 else None
+        whole = whole_steps(total, guided_steps, deep_features_every)
         with install_reference_attention(models.referencenet, models.unet) as handle:
             for index, timestep in enumerate(scheduler.timesteps):
                 if should_stop is not None and should_stop():
@@ -344,10 +345,10 @@ class MimicBrushPipeline:
                 context = guided_context if guided else cond
                 if deep is None:
                     eps = models.unet(model_input, timestep, encoder_hidden_states=context).sample
-                elif index % deep_features_every and deep.can_reuse(rows):
-                    eps = deep.shallow(model_input, timestep, context)
-                else:
+                elif whole[index]:
                     eps = deep.full(model_input, timestep, context)
+                else:
+                    eps = deep.shallow(model_input, timestep, context)
                 if guided:
                     eps_uncond, eps_cond = eps.chunk(2)
                     eps = eps_uncond + guidance * (eps_cond - eps_uncond)

@@ -46,17 +46,13 @@ class MimicBrushLoader:
         }}
 
     def load(self, checkpoint, vae, depth_model, precision):
-        from ..mimic_core.checkpoint import read_checkpoint
-        from ..mimic_core.components import build_components
-        from ..mimic_core.models import MimicBrushModels
+        from ..mimic_core.models import load_models
         from ..mimic_core.pipeline import MimicBrushPipeline
         from ..mimic_core.shape_control import blank_depth_map
-        from ..mimic_core.vae import load_vae
 
         checkpoint_path, vae_path = _checkpoint_and_vae(checkpoint, vae)
         dtype = choose_dtype(precision, mm.get_torch_device())
-        models = MimicBrushModels(**build_components(read_checkpoint(checkpoint_path)),
-                                  vae=load_vae(vae_path)).use_channels_last()
+        models = load_models(checkpoint_path, vae_path)  # float32 on the CPU; the patcher casts and moves it
         blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
         patcher = make_patcher(models.modules(), dtype)
         return (MimicBrushModel(MimicBrushPipeline(models, blank_depth=blank_depth), patcher),)

@@ -61,12 +61,13 @@ def _image(array: np.ndarray) -> torch.Tensor:
 
 
 def edit_pair(pipeline: MimicBrushPipeline, pair: Pair, reference, steps: int, seed: int,
-              working_size: int, guidance: float) -> np.ndarray:
-    """The edited source (uint8) for one reference (an image array or an encoded reference)."""
+              working_size: int, guidance: float, **sampling) -> np.ndarray:
+    """The edited source (uint8) for one reference (an image array or an encoded reference);
+    ``sampling``: the edit's other sampling options (fast mode's)."""
     if isinstance(reference, np.ndarray):
         reference = _image(reference)
     result = pipeline.edit(_image(pair.source), torch.from_numpy(pair.mask.astype(np.float32)), reference,
-                           steps=steps, seed=seed, working_size=working_size, guidance=guidance)
+                           steps=steps, seed=seed, working_size=working_size, guidance=guidance, **sampling)
     return np.clip(np.round(result.images[0].float().numpy() * 255), 0, 255).astype(np.uint8)
 
 
