@@ -4,9 +4,12 @@
 
 ``full`` builds SD-1.5-size components with random weights (860M-parameter U-Nets, CLIP ViT-H/14,
 Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin`` and as our
-``.safetensors``, then runs each measurement in a fresh process so its peak memory is its own:
-the authors' order and exact mode (checked to give the same output first), fast mode, and
-loading each file. fp32 on the CPU, 512². Prints one Markdown table. ``tiny`` does the same on
+``.safetensors``, then measures. The step-time ratio comes from the authors' order and exact mode
+run in one process, taking turns step by step (:class:`TakeTurns`), so that each pair of steps
+meets the same machine: this CPU's speed drifts by 10-20% over minutes, more than the difference
+being measured. Their outputs are checked to agree first. Each then runs alone in a fresh
+process so that its peak memory is its own, and so do fast mode and loading each file. fp32 on
+the CPU, 512². Prints one Markdown table. ``tiny`` does the same on
 the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
 """
 
@@ -15,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,10 +124,86 @@ def _inputs():
     return source, mask, reference
 
 
+class TakeTurns:
+    """Runs edits in threads that compute one at a time, a sampling step each in turn.
+
+    A thread holds the turn from the start of its edit to its first step's end, then from the end
+    of one step to the end of the next; the time it held the turn is that step's time (the first
+    also holds the work before the loop). An edit that has finished gives its turns up for good.
+    """
+
+    def __init__(self, sides: int) -> None:
+        self.sides = sides
+        self.turn = 0
+        self.finished: set[int] = set()
+        self.condition = threading.Condition()
+        self.step_s: dict[int, list[float]] = {side: [] for side in range(sides)}
+        self.results: dict[int, object] = {}
+        self.errors: list[BaseException] = []
+
+    def _wait(self, side: int) -> float:
+        with self.condition:
+            self.condition.wait_for(lambda: self.turn == side)
+        return time.perf_counter()
+
+    def _pass(self, side: int) -> None:
+        with self.condition:
+            following = [(side + k) % self.sides for k in range(1, self.sides + 1)]
+            self.turn = next((s for s in following if s not in self.finished), side)
+            self.condition.notify_all()
+
+    def _run(self, side: int, edit) -> None:
+        started = [self._wait(side)]
+
+        def step_done(step, total, latents):
+            self.step_s[side].append(time.perf_counter() - started[0])
+            self._pass(side)
+            started[0] = self._wait(side)
+
+        try:
+            self.results[side] = edit(step_done)
+        except BaseException as err:  # reported by run(), after every side has stopped
+            self.errors.append(err)
+        finally:
+            with self.condition:
+                self.finished.add(side)
+            self._pass(side)
+
+    def run(self, *edits) -> list:
+        """Each ``edit(callback)`` in its own thread, in turns; their results, in order."""
+        threads = [threading.Thread(target=self._run, args=(side, edit)) for side, edit in enumerate(edits)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+        return [self.results[side] for side in range(self.sides)]
+
+
+def measure_in_turns(files: dict, steps: int, out: Path) -> dict:
+    """The authors' order and exact mode in one process, one step each in turn; the per-step ratio
+    is taken pair by pair over the steady steps (2 onwards)."""
+    sides = {"authors": AuthorsOrderPipeline(load_models(files["safetensors"], files["vae"], files["depth"],
+                                                         prepack=False)),
+             "exact": MimicBrushPipeline(load_models(files["safetensors"], files["vae"], files["depth"]))}
+    turns = TakeTurns(len(sides))
+    edits = [lambda callback, pipeline=pipeline: pipeline.edit(*_inputs(), keep_shape=True, steps=steps, seed=1,
+                                                               callback=callback)
+             for pipeline in sides.values()]
+    results = turns.run(*edits)
+    for (mode, _), result in zip(sides.items(), results):
+        torch.save(result.latents, out.parent / f"{mode}_in_turns.pt")
+    authors_s, exact_s = (turns.step_s[side][1:] for side in range(2))
+    ratios = [e / a for a, e in zip(authors_s, exact_s)]
+    return {"mode": "in turns", "authors_step_s": authors_s, "exact_step_s": exact_s, "ratios": ratios,
+            "ratio_median": statistics.median(ratios), "ratio_of_sums": sum(exact_s) / sum(authors_s)}
+
+
 def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
     torch.manual_seed(0)
-    # their U-Nets keep PyTorch's default layout; ours store convolution weights channels-last
-    models = load_models(files["safetensors"], files["vae"], files["depth"], channels_last=mode != "authors")
+    # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
+    models = load_models(files["safetensors"], files["vae"], files["depth"], prepack=mode != "authors")
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
     # fast mode runs twice the steps, guided for the first half only, the whole U-Net every 2nd step
@@ -213,7 +294,9 @@ def _child(args: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="DDIM steps of each edit run alone")
+    parser.add_argument("--turn-steps", type=int, default=6,
+                        help="DDIM steps of the authors' order and exact mode taking turns (the first is not timed)")
     parser.add_argument("--work", help="folder for the random-weight files (default: a temporary folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
@@ -222,8 +305,12 @@ def main() -> int:
     torch.set_grad_enabled(True)
     if args.child:
         files = json.loads(args.files)
-        report = (measure_load(files, args.child[len("load-"):]) if args.child.startswith("load-")
-                  else measure_edit(files, args.child, args.steps, Path(args.out)))
+        if args.child.startswith("load-"):
+            report = measure_load(files, args.child[len("load-"):])
+        elif args.child == "in-turns":
+            report = measure_in_turns(files, args.turn_steps, Path(args.out))
+        else:
+            report = measure_edit(files, args.child, args.steps, Path(args.out))
         print(json.dumps(report))
         return 0
 
@@ -232,13 +319,16 @@ def main() -> int:
         started = time.perf_counter()
         files = build_files(args.size, work)
         print(f"built {args.size} random-weight files in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        common = ["--size", args.size, "--steps", str(args.steps), "--files", json.dumps(files)]
+        common = ["--size", args.size, "--steps", str(args.steps), "--turn-steps", str(args.turn_steps),
+                  "--files", json.dumps(files)]
+        turns = _child(["--child", "in-turns", "--out", str(work / "turns.pt"), *common])
+        print(json.dumps(turns), file=sys.stderr)
+        authors, exact = torch.load(work / "authors_in_turns.pt"), torch.load(work / "exact_in_turns.pt")
+        relative = ((exact - authors).norm() / authors.norm()).item()
         rows = {}
         for mode in ("authors", "exact", "fast"):
             rows[mode] = _child(["--child", mode, "--out", str(work / f"{mode}.pt"), *common])
             print(json.dumps(rows[mode]), file=sys.stderr)
-        authors, exact = torch.load(work / "authors.pt"), torch.load(work / "exact.pt")
-        relative = ((exact - authors).norm() / authors.norm()).item()
         for cached in (True, False):
             for loader, kind in LOADERS.items():
                 set_page_cache(files[kind], cached)
@@ -255,12 +345,18 @@ def main() -> int:
     f["fixed_s"] = f["total_s"] - f["loop_s"] + f["first_step_s"] - step_s["guided_whole"] - reference_pass
     authors_50 = a["fixed_s"] + 50 * a["steady_step_s"]
     exact_50 = e["fixed_s"] + 50 * e["steady_step_s"]
-    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512², {args.steps} measured steps")
+    pairs = len(turns["ratios"])
+    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512²; {args.turn_steps} steps taking "
+          f"turns, {args.steps} steps alone")
     print(f"exact vs authors' order: relative error of the final latents {relative:.2e} (must be <= 1e-4)\n")
     print("| measurement | authors' order | ours | ratio |")
     print("|---|---:|---:|---:|")
-    print(f"| s per DDIM step (steady) | {a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | "
-          f"{e['steady_step_s'] / a['steady_step_s']:.2f} |")
+    print(f"| s per DDIM step, taking turns in one process: median of {pairs} pairs' ratios "
+          f"(ratio of sums {turns['ratio_of_sums']:.3f}; pairs {min(turns['ratios']):.3f} to {max(turns['ratios']):.3f}) | "
+          f"{statistics.median(turns['authors_step_s']):.2f} | {statistics.median(turns['exact_step_s']):.2f} | "
+          f"{turns['ratio_median']:.3f} |")
+    print(f"| s per DDIM step, each alone in its own process (steady) | {a['steady_step_s']:.2f} | "
+          f"{e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.2f} |")
     print(f"| fixed s per edit (encode, depth, CLIP, decode) | {a['fixed_s']:.1f} | {e['fixed_s']:.1f} | "
           f"{e['fixed_s'] / a['fixed_s']:.2f} |")
     print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "

@@ -13,7 +13,7 @@ from transformers import CLIPVisionModelWithProjection
 from .checkpoint import read_checkpoint
 from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
-from .files import release_mapped_pages
+from .prepacked import prepack_convolutions
 from .vae import load_vae
 
 
@@ -41,14 +41,16 @@ class MimicBrushModels:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def use_channels_last(self) -> "MimicBrushModels":
-        """Store the U-Nets' convolution weights channels-last (:func:`use_channels_last`).
+    def prepack_unets(self) -> "MimicBrushModels":
+        """Run the U-Nets' convolutions on weights packed once for oneDNN (:mod:`mimic_core.prepacked`):
+        on the CPU in float32 they are the same function, 1.5-2.6x faster at the low resolutions.
 
-        Not the VAE's: channels-last would save about 15% of its time at 512², but its encoder's
-        rounding then departs from the authors' by up to 4e-3 on the golden fixture's latents, 40
-        times the fixture's stage tolerance; the U-Nets stay within it."""
+        Not the VAE's: its convolutions are at high resolution, where packing gains little, and a
+        packed convolution returns channels-last activations, on which the CPU's GroupNorm rounds
+        differently; that moves the VAE encoder's latents from the authors' by up to 4e-3 on the
+        golden fixture, 40 times its stage tolerance, where the U-Nets stay within theirs."""
         for module in (self.unet, self.referencenet):
-            use_channels_last(module)
+            prepack_convolutions(module)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
@@ -59,15 +61,15 @@ class MimicBrushModels:
 
 def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,
                 config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", channels_last: bool = True) -> MimicBrushModels:
+                device: torch.device | str = "cpu", prepack: bool = True) -> MimicBrushModels:
     """Load MimicBrush from the released files (or their conversions).
 
     ``checkpoint`` is ``mimicbrush.bin`` or its converted ``.safetensors``; ``vae`` the SD VAE (a
     diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
     transformers folder), needed for every edit since the released model always consumes a depth
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
-    ``channels_last`` stores the U-Nets' convolution weights channels-last
-    (:meth:`MimicBrushModels.use_channels_last`).
+    ``prepack`` runs the U-Nets' CPU convolutions on weights packed once for oneDNN
+    (:meth:`MimicBrushModels.prepack_unets`).
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
@@ -76,17 +78,5 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
     ).to(device=device, dtype=dtype)
-    return models.use_channels_last() if channels_last else models
+    return models.prepack_unets() if prepack else models
 
-
-def use_channels_last(module: nn.Module) -> None:
-    """Store the module's convolution weights in channels-last order.
-
-    oneDNN's CPU convolutions run faster on it (the two U-Nets spend about half their time in
-    convolutions), and the results equal the default layout's up to float rounding. The weights
-    the module held before, views of a memory-mapped file when they were loaded from
-    ``.safetensors``, are released rather than left resident beside their copies.
-    """
-    before = [parameter.data for parameter in module.parameters() if parameter.dim() == 4]
-    module.to(memory_format=torch.channels_last)
-    release_mapped_pages(before)

@@ -1,0 +1,125 @@
+"""Convolutions on prepacked oneDNN weights compute the stock function, follow their weights when
+those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mimic_core.files import load_safetensors
+from mimic_core.prepacked import PrepackedConv2d, prepack_convolutions
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
+
+SHAPES = [  # (in, out, kernel, stride, padding, input batch/size): the U-Nets' kinds of convolution
+    (8, 16, 3, 1, 1, (2, 8, 16, 16)),
+    (16, 16, 3, 2, 1, (1, 16, 16, 16)),
+    (16, 8, 1, 1, 0, (2, 16, 8, 8)),
+    (13, 8, 3, 1, 1, (1, 13, 12, 12)),
+]
+
+
+def _pair(cin, cout, kernel, stride, padding):
+    torch.manual_seed(0)
+    stock = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding)
+    packed = copy.deepcopy(stock)
+    assert prepack_convolutions(packed) == 1
+    return stock, packed
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,padding,shape", SHAPES)
+def test_packed_convolution_is_the_stock_one(cin, cout, kernel, stride, padding, shape):
+    stock, packed = _pair(cin, cout, kernel, stride, padding)
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        expected = stock(x)
+        first = packed(x)
+        assert packed._packed is not None  # it did run on the packed weight
+        torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+        # packed once for this input; inputs of another batch and size reuse that packing
+        other = torch.randn(3, cin, shape[2] * 2, shape[3] * 2)
+        torch.testing.assert_close(packed(other), stock(other), rtol=1e-5, atol=1e-5)
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(packed(channels_last), expected, rtol=1e-5, atol=1e-5)
+    assert packed.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_a_changed_weight_is_packed_again():
+    stock, packed = _pair(8, 8, 3, 1, 1)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        packed(x)
+        for conv in (stock, packed):
+            conv.weight.mul_(-2.0)  # in place: the version counter moves
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+        replacement = torch.randn_like(stock.weight)
+        for conv in (stock, packed):
+            conv.weight = nn.Parameter(replacement.clone())
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+
+
+def test_other_dtypes_and_autograd_take_the_stock_path():
+    stock, packed = _pair(8, 8, 3, 1, 1)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        packed(x)
+    for conv in (stock, packed):
+        conv.double()
+    assert packed._packed is None  # cast: the old packing is dropped
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x.double()), stock(x.double()))
+    for conv in (stock, packed):
+        conv.float()
+    grad_in = x.clone().requires_grad_(True)
+    packed(grad_in).square().sum().backward()
+    stock(x.clone().requires_grad_(True)).square().sum().backward()
+    assert grad_in.grad is not None
+    torch.testing.assert_close(packed.weight.grad, stock.weight.grad)
+
+
+def test_weights_made_in_inference_mode_are_packed():
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        stock = nn.Conv2d(8, 8, 3, padding=1)
+        packed = copy.deepcopy(stock)
+        prepack_convolutions(packed)
+        x = torch.randn(1, 8, 8, 8)
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+        assert packed._packed is not None
+
+
+def test_memory_mapped_weights_stay_valid_once_packed(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    stock = nn.Conv2d(64, 64, 3, padding=1)  # 147 kB: whole pages of the mapping are given back
+    save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "conv.safetensors"))
+    mapped, _ = load_safetensors(tmp_path / "conv.safetensors")
+    packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
+    packed.load_state_dict(mapped, assign=True)
+    prepack_convolutions(packed)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.weight, stock.weight)  # read in again from the file after release
+
+
+def test_only_plain_zero_padded_convolutions_are_converted():
+    class Custom(nn.Conv2d):
+        pass
+
+    module = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same"),
+                           nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), Custom(4, 4, 1), nn.Linear(4, 4))
+    assert prepack_convolutions(module) == 1
+    assert [type(m) for m in module] == [PrepackedConv2d, nn.Conv2d, nn.Conv2d, Custom, nn.Linear]
+
+
+def test_the_loaded_unets_run_prepacked(tiny_models):
+    """The golden-parity tests load through :func:`load_models`, so they check the packed path."""
+    for unet in (tiny_models.unet, tiny_models.referencenet):
+        convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d)]
+        assert convs and all(type(m) is PrepackedConv2d for m in convs)
+    assert not any(type(m) is PrepackedConv2d for m in tiny_models.vae.modules())
