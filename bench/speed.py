@@ -39,7 +39,7 @@ from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
 FAST_STEPS = 20
-FAST_SETTINGS = ((1.0, 1), (1.0, 2), (1.0, 3), (1.0, 5), (0.5, 1), (0.5, 3), (0.0, 1))
+FAST_SETTINGS = ((1.0, 1), (1.0, 2), (1.0, 3), (1.0, 5), (0.5, 1), (0.5, 3), (0.5, 5), (0.0, 1))
 """Fast-mode per-edit times are printed for these (guided_fraction, deep_features_every): the share
 of guided steps (1: guidance at every step as exact mode; 0: the conditional branch alone) and how
 often the imitative U-Net runs whole (1: every step; k: every k-th, its outermost level between)."""

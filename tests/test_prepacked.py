@@ -1,5 +1,5 @@
-"""Convolutions on prepacked oneDNN weights compute the stock function, follow their weights when
-those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
+"""Convolutions and GEGLUs on prepacked oneDNN weights compute the stock function, follow their
+weights when those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from mimic_core.files import load_safetensors
-from mimic_core.prepacked import PrepackedConv2d, prepack_convolutions
+from diffusers.models.activations import GEGLU
+
+from mimic_core.prepacked import PrepackedConv2d, PrepackedGEGLU, prepack_unet
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -26,7 +28,7 @@ def _pair(cin, cout, kernel, stride, padding):
     torch.manual_seed(0)
     stock = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding)
     packed = copy.deepcopy(stock)
-    assert prepack_convolutions(packed) == 1
+    assert prepack_unet(packed) == 1
     return stock, packed
 
 
@@ -85,7 +87,7 @@ def test_weights_made_in_inference_mode_are_packed():
         torch.manual_seed(0)
         stock = nn.Conv2d(8, 8, 3, padding=1)
         packed = copy.deepcopy(stock)
-        prepack_convolutions(packed)
+        prepack_unet(packed)
         x = torch.randn(1, 8, 8, 8)
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
         assert packed._packed is not None
@@ -100,11 +102,41 @@ def test_memory_mapped_weights_stay_valid_once_packed(tmp_path):
     mapped, _ = load_safetensors(tmp_path / "conv.safetensors")
     packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
     packed.load_state_dict(mapped, assign=True)
-    prepack_convolutions(packed)
+    prepack_unet(packed)
     x = torch.randn(1, 64, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
     assert torch.equal(packed.weight, stock.weight)  # read in again from the file after release
+
+
+def test_a_mapped_weight_written_in_place_keeps_what_was_written(tmp_path):
+    """Pages of the file mapping that were written hold the only copy of what was written: they
+    must not be given back, or the weight would silently return to the file's values."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    stock = nn.Conv2d(64, 64, 3, padding=1)
+    save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "conv.safetensors"))
+    packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
+    packed.load_state_dict(load_safetensors(tmp_path / "conv.safetensors")[0], assign=True)
+    prepack_unet(packed)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        for conv in (stock, packed):
+            conv.weight.mul_(3.0)
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.weight, stock.weight)
+
+
+def test_converting_again_packs_afresh():
+    stock, packed = _pair(8, 8, 3, 1, 1)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        packed(x)
+        for conv in (stock, packed):
+            conv.weight.data.add_(1.0)  # through .data: no version counter sees it
+        assert prepack_unet(packed) == 1
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
 
 
 def test_only_plain_zero_padded_convolutions_are_converted():
@@ -113,13 +145,36 @@ def test_only_plain_zero_padded_convolutions_are_converted():
 
     module = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same"),
                            nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), Custom(4, 4, 1), nn.Linear(4, 4))
-    assert prepack_convolutions(module) == 1
+    assert prepack_unet(module) == 1
     assert [type(m) for m in module] == [PrepackedConv2d, nn.Conv2d, nn.Conv2d, Custom, nn.Linear]
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 32), (1, 4, 5, 32)])
+def test_packed_geglu_is_the_stock_one(shape):
+    torch.manual_seed(0)
+    stock = GEGLU(32, 48)
+    packed = copy.deepcopy(stock)
+    assert prepack_unet(packed) == 1 and type(packed) is PrepackedGEGLU
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+        assert packed._packed is not None
+        torch.testing.assert_close(packed(x[:1]), stock(x[:1]), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for layer in (stock, packed):
+            layer.proj.bias.add_(0.5)  # the bias counts too
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+    for layer in (stock, packed):  # autograd recording: the stock path, gradients and all
+        layer(x.clone().requires_grad_(True)).square().sum().backward()
+    torch.testing.assert_close(packed.proj.weight.grad, stock.proj.weight.grad)
+    assert packed.state_dict().keys() == stock.state_dict().keys()
 
 
 def test_the_loaded_unets_run_prepacked(tiny_models):
     """The golden-parity tests load through :func:`load_models`, so they check the packed path."""
     for unet in (tiny_models.unet, tiny_models.referencenet):
         convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d)]
+        gateds = [m for m in unet.modules() if isinstance(m, GEGLU)]
         assert convs and all(type(m) is PrepackedConv2d for m in convs)
+        assert gateds and all(type(m) is PrepackedGEGLU for m in gateds)
     assert not any(type(m) is PrepackedConv2d for m in tiny_models.vae.modules())
