@@ -42,6 +42,8 @@ SETTINGS = {
     "... deep_features_every 5": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0, "deep_features_every": 5},
     "... deep_features_every 3, guided_fraction 0.5": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0,
                                                        "deep_features_every": 3, "guided_fraction": 0.5},
+    "... deep_features_every 5, guided_fraction 0.5": {"steps": 20, "sampler": "dpmpp_2m", "reference_every": 0,
+                                                       "deep_features_every": 5, "guided_fraction": 0.5},
 }
 FIRST_PAIR = TEST_SEED_OFFSET + 200_000
 """Held-out pairs of their own: neither the imitation test's nor the build check's."""

@@ -4,12 +4,12 @@
 
 ``full`` builds SD-1.5-size components with random weights (860M-parameter U-Nets, CLIP ViT-H/14,
 Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin`` and as our
-``.safetensors``, then measures. The step-time ratio comes from the authors' order and exact mode
-run in one process, taking turns step by step (:class:`TakeTurns`), so that each pair of steps
-meets the same machine: this CPU's speed drifts by 10-20% over minutes, more than the difference
-being measured. Their outputs are checked to agree first. Each then runs alone in a fresh
-process so that its peak memory is its own, and so do fast mode and loading each file. fp32 on
-the CPU, 512². Prints one Markdown table. ``tiny`` does the same on
+``.safetensors``, then measures each thing in a fresh process, so that its peak memory is its own.
+The authors' order and exact mode run at the same time in two processes that take turns step by
+step (:class:`Turns`: only one computes at a time), so that each pair of steps meets the same
+machine: this CPU's speed drifts by 10-20% over minutes, more than the difference being measured.
+Their outputs are checked to agree. Fast mode and loading each file run alone. fp32 on the CPU,
+512². Prints one Markdown table. ``tiny`` does the same on
 the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
 """
 
@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -124,83 +123,31 @@ def _inputs():
     return source, mask, reference
 
 
-class TakeTurns:
-    """Runs edits in threads that compute one at a time, a sampling step each in turn.
+class Turns:
+    """A child's side of taking turns with another child: it computes only while it holds the turn.
 
-    A thread holds the turn from the start of its edit to its first step's end, then from the end
-    of one step to the end of the next; the time it held the turn is that step's time (the first
-    also holds the work before the loop). An edit that has finished gives its turns up for good.
-    """
+    The parent hands the turn over by writing a line to the child's standard input; the child
+    hands it back after each sampling step by writing ``step`` to its standard output. Each child
+    computes on its own main thread and holds its own memory, as it would alone; the time it
+    waits for the turn is left out of every time it reports."""
 
-    def __init__(self, sides: int) -> None:
-        self.sides = sides
-        self.turn = 0
-        self.finished: set[int] = set()
-        self.condition = threading.Condition()
-        self.step_s: dict[int, list[float]] = {side: [] for side in range(sides)}
-        self.results: dict[int, object] = {}
-        self.errors: list[BaseException] = []
+    def __init__(self) -> None:
+        self.waited = 0.0
 
-    def _wait(self, side: int) -> float:
-        with self.condition:
-            self.condition.wait_for(lambda: self.turn == side)
-        return time.perf_counter()
+    def wait(self) -> float:
+        """Block until this child holds the turn; returns the time it got it."""
+        asked = time.perf_counter()
+        sys.stdin.readline()
+        got = time.perf_counter()
+        self.waited += got - asked
+        return got
 
-    def _pass(self, side: int) -> None:
-        with self.condition:
-            following = [(side + k) % self.sides for k in range(1, self.sides + 1)]
-            self.turn = next((s for s in following if s not in self.finished), side)
-            self.condition.notify_all()
-
-    def _run(self, side: int, edit) -> None:
-        started = [self._wait(side)]
-
-        def step_done(step, total, latents):
-            self.step_s[side].append(time.perf_counter() - started[0])
-            self._pass(side)
-            started[0] = self._wait(side)
-
-        try:
-            self.results[side] = edit(step_done)
-        except BaseException as err:  # reported by run(), after every side has stopped
-            self.errors.append(err)
-        finally:
-            with self.condition:
-                self.finished.add(side)
-            self._pass(side)
-
-    def run(self, *edits) -> list:
-        """Each ``edit(callback)`` in its own thread, in turns; their results, in order."""
-        threads = [threading.Thread(target=self._run, args=(side, edit)) for side, edit in enumerate(edits)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self.errors:
-            raise self.errors[0]
-        return [self.results[side] for side in range(self.sides)]
+    def give(self) -> None:
+        print("step", flush=True)
 
 
-def measure_in_turns(files: dict, steps: int, out: Path) -> dict:
-    """The authors' order and exact mode in one process, one step each in turn; the per-step ratio
-    is taken pair by pair over the steady steps (2 onwards)."""
-    sides = {"authors": AuthorsOrderPipeline(load_models(files["safetensors"], files["vae"], files["depth"],
-                                                         prepack=False)),
-             "exact": MimicBrushPipeline(load_models(files["safetensors"], files["vae"], files["depth"]))}
-    turns = TakeTurns(len(sides))
-    edits = [lambda callback, pipeline=pipeline: pipeline.edit(*_inputs(), keep_shape=True, steps=steps, seed=1,
-                                                               callback=callback)
-             for pipeline in sides.values()]
-    results = turns.run(*edits)
-    for (mode, _), result in zip(sides.items(), results):
-        torch.save(result.latents, out.parent / f"{mode}_in_turns.pt")
-    authors_s, exact_s = (turns.step_s[side][1:] for side in range(2))
-    ratios = [e / a for a, e in zip(authors_s, exact_s)]
-    return {"mode": "in turns", "authors_step_s": authors_s, "exact_step_s": exact_s, "ratios": ratios,
-            "ratio_median": statistics.median(ratios), "ratio_of_sums": sum(exact_s) / sum(authors_s)}
-
-
-def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
+def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | None = None) -> dict:
+    """One edit, timed step by step; with ``turns``, one step at a time while another child waits."""
     torch.manual_seed(0)
     # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
     models = load_models(files["safetensors"], files["vae"], files["depth"], prepack=mode != "authors")
@@ -215,27 +162,63 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path) -> dict:
     unet = pipeline.models.unet
     hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: current.update(rows=output.shape[0])),
              unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True))]
+    started = resumed = turns.wait() if turns else time.perf_counter()
+    waited_before = turns.waited if turns else 0.0
 
     def step_done(step, total, latents):
+        nonlocal resumed
+        now = time.perf_counter()
         kinds.append(("guided" if current["rows"] == 2 else "unguided", "whole" if current.pop("whole", False)
-                      else "shallow", time.perf_counter()))
+                      else "shallow", now - resumed))
+        if turns:
+            turns.give()
+            resumed = turns.wait()
+        else:
+            resumed = now
 
-    started = time.perf_counter()
     result = pipeline.edit(*_inputs(), keep_shape=True, steps=run_steps, seed=1, **options, callback=step_done)
-    total = time.perf_counter() - started
+    total = time.perf_counter() - started - ((turns.waited - waited_before) if turns else 0.0)
     for hook in hooks:
         hook.remove()
     torch.save(result.latents, out)
     # steps 2.. are steady; step 1 also holds what the loop does once (fast mode's only reference pass)
-    stamps = [stamp for _, _, stamp in kinds]
+    durations = [duration for _, _, duration in kinds]
     steady = {}
-    for (guided, whole, _), duration in zip(kinds[1:], np.diff(stamps)):
+    for guided, whole, duration in kinds[1:]:
         steady.setdefault(f"{guided}_{whole}", []).append(float(duration))
-    report = {"mode": mode, "total_s": total, "steps": run_steps, "first_step_s": stamps[0] - started,
-              "loop_s": stamps[-1] - started, "peak_rss_gib": peak_resident_gib(),
+    report = {"mode": mode, "total_s": total, "steps": run_steps, "first_step_s": durations[0],
+              "loop_s": sum(durations), "peak_rss_gib": peak_resident_gib(), "steady_steps_s": durations[1:],
               "step_s": {kind: float(np.mean(values)) for kind, values in steady.items()}}
     report["steady_step_s"] = report["step_s"]["guided_whole"]
     return report
+
+
+def take_turns(commands: list[list[str]]) -> list[dict]:
+    """Run child processes a sampling step each in turn (:class:`Turns`); their final reports."""
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]
+    children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+                for command, log in zip(commands, logs)]
+    reports: dict[int, dict] = {}
+    try:
+        while len(reports) < len(children):
+            for index, child in enumerate(children):
+                if index in reports:
+                    continue
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                line = child.stdout.readline()
+                if line.strip() != "step":
+                    rest = line + child.stdout.read()
+                    if child.wait() != 0:
+                        logs[index].seek(0)
+                        raise RuntimeError(logs[index].read()[-3000:])
+                    reports[index] = json.loads(rest.strip().splitlines()[-1])
+    finally:
+        for child, log in zip(children, logs):
+            if child.poll() is None:
+                child.kill()
+            log.close()
+    return [reports[index] for index in range(len(children))]
 
 
 LOADERS = {"authors": "bin", "bin": "bin", "safetensors": "safetensors"}
@@ -294,23 +277,22 @@ def _child(args: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
-    parser.add_argument("--steps", type=int, default=3, help="DDIM steps of each edit run alone")
-    parser.add_argument("--turn-steps", type=int, default=6,
-                        help="DDIM steps of the authors' order and exact mode taking turns (the first is not timed)")
+    parser.add_argument("--steps", type=int, default=6,
+                        help="DDIM steps of the authors' order and exact mode, taking turns (the first is not timed); "
+                             "fast mode runs twice as many")
     parser.add_argument("--work", help="folder for the random-weight files (default: a temporary folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     if args.child:
         files = json.loads(args.files)
         if args.child.startswith("load-"):
             report = measure_load(files, args.child[len("load-"):])
-        elif args.child == "in-turns":
-            report = measure_in_turns(files, args.turn_steps, Path(args.out))
         else:
-            report = measure_edit(files, args.child, args.steps, Path(args.out))
+            report = measure_edit(files, args.child, args.steps, Path(args.out), Turns() if args.turns else None)
         print(json.dumps(report))
         return 0
 
@@ -319,15 +301,15 @@ def main() -> int:
         started = time.perf_counter()
         files = build_files(args.size, work)
         print(f"built {args.size} random-weight files in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        common = ["--size", args.size, "--steps", str(args.steps), "--turn-steps", str(args.turn_steps),
-                  "--files", json.dumps(files)]
-        turns = _child(["--child", "in-turns", "--out", str(work / "turns.pt"), *common])
-        print(json.dumps(turns), file=sys.stderr)
-        authors, exact = torch.load(work / "authors_in_turns.pt"), torch.load(work / "exact_in_turns.pt")
+        common = ["--size", args.size, "--steps", str(args.steps), "--files", json.dumps(files)]
+        sides = ("authors", "exact")
+        reports = take_turns([[sys.executable, __file__, "--child", mode, "--turns", "--out", str(work / f"{mode}.pt"),
+                               *common] for mode in sides])
+        rows = dict(zip(sides, reports))
+        authors, exact = torch.load(work / "authors.pt"), torch.load(work / "exact.pt")
         relative = ((exact - authors).norm() / authors.norm()).item()
-        rows = {}
+        rows["fast"] = _child(["--child", "fast", "--out", str(work / "fast.pt"), *common])
         for mode in ("authors", "exact", "fast"):
-            rows[mode] = _child(["--child", mode, "--out", str(work / f"{mode}.pt"), *common])
             print(json.dumps(rows[mode]), file=sys.stderr)
         for cached in (True, False):
             for loader, kind in LOADERS.items():
@@ -345,18 +327,15 @@ def main() -> int:
     f["fixed_s"] = f["total_s"] - f["loop_s"] + f["first_step_s"] - step_s["guided_whole"] - reference_pass
     authors_50 = a["fixed_s"] + 50 * a["steady_step_s"]
     exact_50 = e["fixed_s"] + 50 * e["steady_step_s"]
-    pairs = len(turns["ratios"])
-    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512²; {args.turn_steps} steps taking "
-          f"turns, {args.steps} steps alone")
+    ratios = [ours / theirs for theirs, ours in zip(a["steady_steps_s"], e["steady_steps_s"])]
+    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512²; the authors' order and exact "
+          f"mode {args.steps} steps each, taking turns step by step")
     print(f"exact vs authors' order: relative error of the final latents {relative:.2e} (must be <= 1e-4)\n")
     print("| measurement | authors' order | ours | ratio |")
     print("|---|---:|---:|---:|")
-    print(f"| s per DDIM step, taking turns in one process: median of {pairs} pairs' ratios "
-          f"(ratio of sums {turns['ratio_of_sums']:.3f}; pairs {min(turns['ratios']):.3f} to {max(turns['ratios']):.3f}) | "
-          f"{statistics.median(turns['authors_step_s']):.2f} | {statistics.median(turns['exact_step_s']):.2f} | "
-          f"{turns['ratio_median']:.3f} |")
-    print(f"| s per DDIM step, each alone in its own process (steady) | {a['steady_step_s']:.2f} | "
-          f"{e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.2f} |")
+    print(f"| s per DDIM step (steady: mean of steps 2-{args.steps}; each pair's ratio "
+          f"{' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.3f}) | "
+          f"{a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.3f} |")
     print(f"| fixed s per edit (encode, depth, CLIP, decode) | {a['fixed_s']:.1f} | {e['fixed_s']:.1f} | "
           f"{e['fixed_s'] / a['fixed_s']:.2f} |")
     print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "

@@ -1,5 +1,5 @@
-"""Convolutions and GEGLUs on prepacked oneDNN weights compute the stock function, follow their
-weights when those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
+"""Convolutions on prepacked oneDNN weights compute the stock function, follow their weights when
+those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from mimic_core.files import load_safetensors
-from diffusers.models.activations import GEGLU
-
-from mimic_core.prepacked import PrepackedConv2d, PrepackedGEGLU, prepack_unet
+from mimic_core.prepacked import PrepackedConv2d, prepack_convolutions
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -28,7 +26,7 @@ def _pair(cin, cout, kernel, stride, padding):
     torch.manual_seed(0)
     stock = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding)
     packed = copy.deepcopy(stock)
-    assert prepack_unet(packed) == 1
+    assert prepack_convolutions(packed) == 1
     return stock, packed
 
 
@@ -87,7 +85,7 @@ def test_weights_made_in_inference_mode_are_packed():
         torch.manual_seed(0)
         stock = nn.Conv2d(8, 8, 3, padding=1)
         packed = copy.deepcopy(stock)
-        prepack_unet(packed)
+        prepack_convolutions(packed)
         x = torch.randn(1, 8, 8, 8)
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
         assert packed._packed is not None
@@ -102,7 +100,7 @@ def test_memory_mapped_weights_stay_valid_once_packed(tmp_path):
     mapped, _ = load_safetensors(tmp_path / "conv.safetensors")
     packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
     packed.load_state_dict(mapped, assign=True)
-    prepack_unet(packed)
+    prepack_convolutions(packed)
     x = torch.randn(1, 64, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
@@ -119,7 +117,7 @@ def test_a_mapped_weight_written_in_place_keeps_what_was_written(tmp_path):
     save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "conv.safetensors"))
     packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
     packed.load_state_dict(load_safetensors(tmp_path / "conv.safetensors")[0], assign=True)
-    prepack_unet(packed)
+    prepack_convolutions(packed)
     x = torch.randn(1, 64, 8, 8)
     with torch.no_grad():
         for conv in (stock, packed):
@@ -135,7 +133,7 @@ def test_converting_again_packs_afresh():
         packed(x)
         for conv in (stock, packed):
             conv.weight.data.add_(1.0)  # through .data: no version counter sees it
-        assert prepack_unet(packed) == 1
+        assert prepack_convolutions(packed) == 1
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
 
 
@@ -145,36 +143,13 @@ def test_only_plain_zero_padded_convolutions_are_converted():
 
     module = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same"),
                            nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), Custom(4, 4, 1), nn.Linear(4, 4))
-    assert prepack_unet(module) == 1
+    assert prepack_convolutions(module) == 1
     assert [type(m) for m in module] == [PrepackedConv2d, nn.Conv2d, nn.Conv2d, Custom, nn.Linear]
-
-
-@pytest.mark.parametrize("shape", [(2, 64, 32), (1, 4, 5, 32)])
-def test_packed_geglu_is_the_stock_one(shape):
-    torch.manual_seed(0)
-    stock = GEGLU(32, 48)
-    packed = copy.deepcopy(stock)
-    assert prepack_unet(packed) == 1 and type(packed) is PrepackedGEGLU
-    x = torch.randn(shape)
-    with torch.inference_mode():
-        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
-        assert packed._packed is not None
-        torch.testing.assert_close(packed(x[:1]), stock(x[:1]), rtol=1e-5, atol=1e-5)
-    with torch.no_grad():
-        for layer in (stock, packed):
-            layer.proj.bias.add_(0.5)  # the bias counts too
-        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
-    for layer in (stock, packed):  # autograd recording: the stock path, gradients and all
-        layer(x.clone().requires_grad_(True)).square().sum().backward()
-    torch.testing.assert_close(packed.proj.weight.grad, stock.proj.weight.grad)
-    assert packed.state_dict().keys() == stock.state_dict().keys()
 
 
 def test_the_loaded_unets_run_prepacked(tiny_models):
     """The golden-parity tests load through :func:`load_models`, so they check the packed path."""
     for unet in (tiny_models.unet, tiny_models.referencenet):
         convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d)]
-        gateds = [m for m in unet.modules() if isinstance(m, GEGLU)]
         assert convs and all(type(m) is PrepackedConv2d for m in convs)
-        assert gateds and all(type(m) is PrepackedGEGLU for m in gateds)
     assert not any(type(m) is PrepackedConv2d for m in tiny_models.vae.modules())
