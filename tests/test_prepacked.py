@@ -47,11 +47,19 @@ def test_packed_convolution_is_the_stock_one(cin, cout, kernel, stride, padding,
     assert packed.state_dict().keys() == stock.state_dict().keys()
 
 
-def test_a_changed_weight_is_packed_again():
+def _packed_once():
+    """A stock and a packed 8-channel convolution, the packed one already run (so packed), and its input."""
     stock, packed = _pair(8, 8, 3, 1, 1)
     x = torch.randn(1, 8, 8, 8)
     with torch.no_grad():
         packed(x)
+    assert packed._packed is not None
+    return stock, packed, x
+
+
+def test_a_changed_weight_is_packed_again():
+    stock, packed, x = _packed_once()
+    with torch.no_grad():
         for conv in (stock, packed):
             conv.weight.mul_(-2.0)  # in place: the version counter moves
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
@@ -62,10 +70,7 @@ def test_a_changed_weight_is_packed_again():
 
 
 def test_other_dtypes_and_autograd_take_the_stock_path():
-    stock, packed = _pair(8, 8, 3, 1, 1)
-    x = torch.randn(1, 8, 8, 8)
-    with torch.no_grad():
-        packed(x)
+    stock, packed, x = _packed_once()
     for conv in (stock, packed):
         conv.double()
     assert packed._packed is None  # cast: the old packing is dropped
@@ -91,16 +96,22 @@ def test_weights_made_in_inference_mode_are_packed():
         assert packed._packed is not None
 
 
-def test_memory_mapped_weights_stay_valid_once_packed(tmp_path):
+def _mapped_pair(tmp_path):
+    """A stock convolution and a packed one whose weights are views of a memory-mapped file
+    (147 kB: whole pages of the mapping can be given back)."""
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    stock = nn.Conv2d(64, 64, 3, padding=1)  # 147 kB: whole pages of the mapping are given back
+    stock = nn.Conv2d(64, 64, 3, padding=1)
     save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "conv.safetensors"))
-    mapped, _ = load_safetensors(tmp_path / "conv.safetensors")
     packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
-    packed.load_state_dict(mapped, assign=True)
+    packed.load_state_dict(load_safetensors(tmp_path / "conv.safetensors")[0], assign=True)
     prepack_convolutions(packed)
+    return stock, packed
+
+
+def test_memory_mapped_weights_stay_valid_once_packed(tmp_path):
+    stock, packed = _mapped_pair(tmp_path)
     x = torch.randn(1, 64, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
@@ -110,14 +121,7 @@ def test_memory_mapped_weights_stay_valid_once_packed(tmp_path):
 def test_a_mapped_weight_written_in_place_keeps_what_was_written(tmp_path):
     """Pages of the file mapping that were written hold the only copy of what was written: they
     must not be given back, or the weight would silently return to the file's values."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    stock = nn.Conv2d(64, 64, 3, padding=1)
-    save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "conv.safetensors"))
-    packed = nn.Conv2d(64, 64, 3, padding=1, device="meta")
-    packed.load_state_dict(load_safetensors(tmp_path / "conv.safetensors")[0], assign=True)
-    prepack_convolutions(packed)
+    stock, packed = _mapped_pair(tmp_path)
     x = torch.randn(1, 64, 8, 8)
     with torch.no_grad():
         for conv in (stock, packed):
@@ -127,10 +131,8 @@ def test_a_mapped_weight_written_in_place_keeps_what_was_written(tmp_path):
 
 
 def test_converting_again_packs_afresh():
-    stock, packed = _pair(8, 8, 3, 1, 1)
-    x = torch.randn(1, 8, 8, 8)
+    stock, packed, x = _packed_once()
     with torch.no_grad():
-        packed(x)
         for conv in (stock, packed):
             conv.weight.data.add_(1.0)  # through .data: no version counter sees it
         assert prepack_convolutions(packed) == 1
