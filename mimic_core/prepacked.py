@@ -74,8 +74,13 @@ class PrepackedConv2d(nn.Conv2d):
         self._as_converted = _state(self.weight)
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moved or cast: the next forward packs what the weight has become
-        return super()._apply(fn, recurse)
+        """Moved or cast: the next forward packs what the weight has become. A move to where it
+        already is (hosts such as ComfyUI call ``.to()`` on every load) keeps the packing."""
+        before = (_state(self.weight), _state(self.bias))
+        result = super()._apply(fn, recurse)
+        if (_state(self.weight), _state(self.bias)) != before:
+            self._packed = None
+        return result
 
 
 def prepacks(module: nn.Module) -> bool:

@@ -71,6 +71,9 @@ def test_a_changed_weight_is_packed_again():
 
 def test_other_dtypes_and_autograd_take_the_stock_path():
     stock, packed, x = _packed_once()
+    kept = packed._packed
+    packed.to("cpu", torch.float32)  # already there: the packing stays
+    assert packed._packed is kept
     for conv in (stock, packed):
         conv.double()
     assert packed._packed is None  # cast: the old packing is dropped
