@@ -12,7 +12,7 @@ that can use it (a float32 input on the CPU, autograd not recording) and made ag
 weight has been replaced, moved or cast, or changed in place since; any other call runs the stock
 forward. Writes that bypass the version counter (through ``.data``, or to a weight created in
 inference mode, which has none) are not seen: after such a write, call
-:func:`prepack_convolutions` again or move the module (``.to()`` drops the packing). ComfyUI
+:func:`prepack_convolutions` again (a ``.to()`` that really moves or casts also drops the packing). ComfyUI
 patches weights by assigning new tensors.
 
 Once packed, the plain weight's memory-mapped pages are given back
