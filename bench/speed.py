@@ -151,7 +151,7 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     """One edit, timed step by step; with ``turns``, one step at a time while another child waits."""
     torch.manual_seed(0)
     # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
-    models = load_models(files["safetensors"], files["vae"], files["depth"], prepack=mode != "authors")
+    models = load_models(files["safetensors"], files["vae"], files["depth"], inference_layers=mode != "authors")
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
     # fast mode runs twice the steps, guided for the first half only, the whole U-Net every 2nd step

@@ -21,7 +21,9 @@ attention) the reader only adds attention over ``r``: N keys per query instead o
 concatenated key/value copies. Elsewhere, and whenever autograd records (the kernel's log-sum-exp
 carries no gradient), it attends over the concatenation.
 
-Both processors are installed and removed together by :func:`install_reference_attention`.
+Both processors are installed and removed together by :func:`install_reference_attention`, which
+gives every other attention of both U-Nets a :class:`ContextAttentionProcessor` for as long (the
+same function, with each context's keys and values projected once instead of at every step).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
 from .errors import MimicBrushError
+from .prepacked import tensor_state
 
 
 class ReferenceFeaturesComplete(Exception):
@@ -82,12 +85,18 @@ def _merge_heads(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _check_plain_self_attention(attn: Attention, encoder_hidden_states, attention_mask, hidden_states) -> None:
-    """These processors implement the SD-1.5 self-attention form and nothing else."""
-    if (encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3
-            or attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection
+    if encoder_hidden_states is not None:
+        raise MimicBrushError("Reference attention serves self-attention; this block was given a context.")
+    _check_sd15_attention(attn, attention_mask, hidden_states)
+
+
+def _check_sd15_attention(attn: Attention, attention_mask, hidden_states) -> None:
+    """These processors implement the SD-1.5 attention form and nothing else."""
+    if (attention_mask is not None or hidden_states.ndim != 3 or attn.spatial_norm is not None
+            or attn.group_norm is not None or attn.residual_connection or attn.norm_cross is not None
             or attn.norm_q is not None or attn.norm_k is not None):
         raise MimicBrushError(
-            "Reference attention supports only plain self-attention blocks (SD-1.5 layout); "
+            "The sampling loop's attention supports only the SD-1.5 attention form; "
             "this U-Net uses another attention form."
         )
 
@@ -96,8 +105,47 @@ def _plain_attention(attn: Attention, hidden_states: torch.Tensor) -> torch.Tens
     query = _heads_view(attn, attn.to_q(hidden_states))
     key = _heads_view(attn, attn.to_k(hidden_states))
     value = _heads_view(attn, attn.to_v(hidden_states))
-    mixed = _merge_heads(F.scaled_dot_product_attention(query, key, value))
-    return attn.to_out[1](attn.to_out[0](mixed)) / attn.rescale_output_factor
+    return _output(attn, _merge_heads(F.scaled_dot_product_attention(query, key, value)))
+
+
+def _output(attn: Attention, mixed: torch.Tensor) -> torch.Tensor:
+    """The output projection, and the rescale where it is not the identity (SD-1.5's is 1)."""
+    output = attn.to_out[1](attn.to_out[0](mixed))
+    return output if attn.rescale_output_factor == 1.0 else output / attn.rescale_output_factor
+
+
+class ContextAttentionProcessor:
+    """Every other attention of both U-Nets while reference attention is installed: plain
+    self-attention, and cross-attention whose keys and values are projected once per context.
+
+    A sampling loop passes the same context tensors at every step (the image embeddings do not
+    change over a run), so their projections are reused while the context is the very tensor they
+    were made from and the projection weights are unchanged; the context is held, so its memory
+    cannot pass to another tensor. Contexts must not be written in place while the handle is
+    installed. Nothing is kept while autograd records (training passes a new context each batch).
+    """
+
+    def __init__(self) -> None:
+        self._projected: tuple[torch.Tensor, tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        _check_sd15_attention(attn, attention_mask, hidden_states)
+        if encoder_hidden_states is None:
+            return _plain_attention(attn, hidden_states)
+        key, value = self._context_projections(attn, encoder_hidden_states)
+        query = _heads_view(attn, attn.to_q(hidden_states))
+        return _output(attn, _merge_heads(F.scaled_dot_product_attention(query, key, value)))
+
+    def _context_projections(self, attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = tuple(tensor_state(t) for t in (attn.to_k.weight, attn.to_k.bias, attn.to_v.weight, attn.to_v.bias))
+        cached = self._projected
+        if cached is not None and cached[0] is context and cached[1] == weights:
+            return cached[2], cached[3]
+        key = _heads_view(attn, attn.to_k(context))
+        value = _heads_view(attn, attn.to_v(context))
+        self._projected = None if key.requires_grad else (context, weights, key, value)
+        return key, value
 
 
 class ReferenceWriteProcessor:
@@ -156,8 +204,7 @@ class ReferenceReadProcessor:
                 query[first:], torch.cat([key[first:], ref_key], dim=2), torch.cat([value[first:], ref_value], dim=2))
         # to_out[0] is affine, so the half-and-half mix can be taken before it: one projection per row
         conditional_mix = 0.5 * (with_reference + plain[first:])
-        mixed = _merge_heads(torch.cat([plain[:first], conditional_mix], dim=0))
-        return attn.to_out[1](attn.to_out[0](mixed)) / attn.rescale_output_factor
+        return _output(attn, _merge_heads(torch.cat([plain[:first], conditional_mix], dim=0)))
 
 
 def _merge_by_log_sum_exp(query: torch.Tensor, ref_key: torch.Tensor) -> bool:
@@ -195,7 +242,7 @@ class ReferenceAttentionHandle:
             pass
 
     def _with(self, unet: UNet2DConditionModel, kind) -> dict:
-        processors = dict(self._saved[unet])
+        processors = {name: ContextAttentionProcessor() for name in self._saved[unet]}
         for name in self.names:
             processors[f"{name}.attn1.processor"] = kind(self.bank, name)
         return processors

@@ -13,6 +13,7 @@ from transformers import CLIPVisionModelWithProjection
 from .checkpoint import read_checkpoint
 from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
+from .feed_forward import chunk_feed_forwards
 from .prepacked import prepack_convolutions
 from .vae import load_vae
 
@@ -41,16 +42,20 @@ class MimicBrushModels:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def prepack_unets(self) -> "MimicBrushModels":
-        """Run the U-Nets' convolutions on weights packed once for oneDNN (:mod:`mimic_core.prepacked`):
-        on the CPU in float32, the same function, 1.5-2.6x faster at the low resolutions.
+    def use_inference_layers(self) -> "MimicBrushModels":
+        """Give the U-Nets layers that compute the same function faster in CPU inference:
+        convolutions on weights packed once for oneDNN (:mod:`mimic_core.prepacked`, 1.5-2.6x faster
+        at the low resolutions) and feed-forwards computed a block of rows at a time
+        (:mod:`mimic_core.feed_forward`). Both take the stock path for autograd, other dtypes and
+        devices.
 
-        Not the VAE's: its convolutions are at high resolution, where packing gains little, and a
+        Not the VAE's convolutions: they are at high resolution, where packing gains little, and a
         packed convolution returns channels-last activations, on which the CPU's GroupNorm rounds
         differently; that moves the VAE encoder's latents from the authors' by up to 4e-3 on the
         golden fixture, 40 times its stage tolerance, where the U-Nets stay within theirs."""
         for module in (self.unet, self.referencenet):
             prepack_convolutions(module)
+            chunk_feed_forwards(module)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
@@ -61,15 +66,15 @@ class MimicBrushModels:
 
 def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,
                 config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", prepack: bool = True) -> MimicBrushModels:
+                device: torch.device | str = "cpu", inference_layers: bool = True) -> MimicBrushModels:
     """Load MimicBrush from the released files (or their conversions).
 
     ``checkpoint`` is ``mimicbrush.bin`` or its converted ``.safetensors``; ``vae`` the SD VAE (a
     diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
     transformers folder), needed for every edit since the released model always consumes a depth
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
-    ``prepack`` runs the U-Nets' CPU convolutions on weights packed once for oneDNN
-    (:meth:`MimicBrushModels.prepack_unets`).
+    ``inference_layers`` gives the U-Nets layers that compute the same function faster in CPU
+    inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the stock ones.
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
@@ -78,5 +83,5 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
     ).to(device=device, dtype=dtype)
-    return models.prepack_unets() if prepack else models
+    return models.use_inference_layers() if inference_layers else models
 

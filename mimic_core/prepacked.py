@@ -29,7 +29,7 @@ from torch import nn
 from .files import release_mapped_pages
 
 
-def _state(tensor: torch.Tensor | None) -> tuple | None:
+def tensor_state(tensor: torch.Tensor | None) -> tuple | None:
     """What identifies a tensor's current values: its address, version counter and shape."""
     if tensor is None:
         return None
@@ -40,9 +40,9 @@ class PrepackedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose CPU float32 inference runs on a weight packed once for oneDNN."""
 
     _packed: tuple[torch.Tensor, tuple] | None = None
-    """The packed weight and the :func:`_state` of the weight and bias it was packed from."""
+    """The packed weight and the :func:`tensor_state` of the weight and bias it was packed from."""
     _as_converted: tuple | None = None
-    """The weight's :func:`_state` at conversion: while it holds, nothing has written to the weight
+    """The weight's :func:`tensor_state` at conversion: while it holds, nothing has written to the weight
     in place, so its mapped pages still equal the file's and may be given back."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class PrepackedConv2d(nn.Conv2d):
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
     def _packed_weight(self, input: torch.Tensor) -> torch.Tensor:
-        source = (_state(self.weight), _state(self.bias))
+        source = (tensor_state(self.weight), tensor_state(self.bias))
         if self._packed is None or self._packed[1] != source:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
@@ -71,14 +71,14 @@ class PrepackedConv2d(nn.Conv2d):
 
     def _convert(self) -> None:
         self._packed = None
-        self._as_converted = _state(self.weight)
+        self._as_converted = tensor_state(self.weight)
 
     def _apply(self, fn, recurse=True):
         """Moved or cast: the next forward packs what the weight has become. A move to where it
         already is (hosts such as ComfyUI call ``.to()`` on every load) keeps the packing."""
-        before = (_state(self.weight), _state(self.bias))
+        before = (tensor_state(self.weight), tensor_state(self.bias))
         result = super()._apply(fn, recurse)
-        if (_state(self.weight), _state(self.bias)) != before:
+        if (tensor_state(self.weight), tensor_state(self.bias)) != before:
             self._packed = None
         return result
 

@@ -149,3 +149,58 @@ def test_stopping_the_reference_unet_after_its_last_block_records_the_same_featu
         full = dict(handle.bank.features)
     assert stopped.keys() == full.keys() and len(full) == 10
     assert all(torch.equal(stopped[name], full[name]) for name in full)
+
+
+def _first_cross_attention(unet):
+    return next(module for name, module in unet.named_modules() if name.endswith("attn2"))
+
+
+def test_context_attention_is_the_stock_attention(unets):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from mimic_core.attention import ContextAttentionProcessor
+    imitative, _ = unets
+    generator = torch.Generator().manual_seed(3)
+    cross = _first_cross_attention(imitative)
+    own = imitative.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1")  # no reference
+    x = torch.randn(2, 16, cross.to_q.in_features, generator=generator)
+    context = torch.randn(2, 7, cross.to_k.in_features, generator=generator)
+    with torch.no_grad():
+        for attn, given in ((cross, context), (own, None)):
+            torch.testing.assert_close(ContextAttentionProcessor()(attn, x, given), AttnProcessor2_0()(attn, x, given),
+                                       rtol=1e-6, atol=1e-6)
+
+
+def test_context_projections_are_made_once_per_context_tensor_and_weights(unets):
+    imitative, reference = unets
+    sample, context, reference_latents = _inputs(2)
+    attn = _first_cross_attention(imitative)
+    projected = []
+    hook = attn.to_k.register_forward_hook(lambda *args: projected.append(1))
+    saved = attn.to_k.weight.detach().clone()
+    t = torch.tensor(500)
+    try:
+        with torch.no_grad(), install_reference_attention(reference, imitative) as handle:
+            handle.record(reference_latents, t, context[-1:])
+            handle.bank.conditional_rows = 1
+            first = imitative(sample, t, encoder_hidden_states=context).sample
+            assert torch.equal(imitative(sample, t, encoder_hidden_states=context).sample, first)
+            assert len(projected) == 1  # the second step reused the first's keys
+            other = context.clone()
+            assert torch.equal(imitative(sample, t, encoder_hidden_states=other).sample, first)
+            assert len(projected) == 2  # another tensor, though equal: projected afresh
+            attn.to_k.weight.mul_(2)
+            assert not torch.equal(imitative(sample, t, encoder_hidden_states=other).sample, first)
+            assert len(projected) == 3  # the weight was written in place: projected afresh
+        with install_reference_attention(reference, imitative) as handle:
+            handle.bank.conditional_rows = 1
+            for _ in range(2):
+                handle.record(reference_latents, t, context[-1:])
+                imitative(sample, t, encoder_hidden_states=context).sample.sum().backward()
+            assert len(projected) == 5  # autograd records: nothing kept, each pass has its own graph
+    finally:
+        hook.remove()
+        with torch.no_grad():
+            attn.to_k.weight.copy_(saved)
+        imitative.zero_grad(set_to_none=True)
+        reference.zero_grad(set_to_none=True)

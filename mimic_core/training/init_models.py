@@ -39,10 +39,10 @@ def load_starting_models(config: ModelConfig) -> MimicBrushModels:
 
 
 def from_checkpoint(config: ModelConfig) -> MimicBrushModels:
-    """The checkpoint's networks with stock convolutions (the engine's prepacked ones speed up
-    CPU inference only)."""
+    """The checkpoint's networks with stock layers (the engine's inference layers speed up CPU
+    inference only)."""
     return load_models(config.checkpoint, config.vae, config.depth_model, config_dir=config.config_dir,
-                       prepack=False)
+                       inference_layers=False)
 
 
 def from_sd15(config: ModelConfig) -> MimicBrushModels:
