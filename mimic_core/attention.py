@@ -102,6 +102,13 @@ def _check_sd15_attention(attn: Attention, attention_mask, hidden_states) -> Non
 
 
 def _plain_attention(attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Self-attention; computed once for a batch whose two halves are equal, as classifier-free
+    guidance's rows are until their contexts first differ (the first transformer block's
+    self-attention, about 1.5% of a guided step at 512²)."""
+    half = hidden_states.shape[0] // 2
+    if half and 2 * half == hidden_states.shape[0] and torch.equal(hidden_states[:half], hidden_states[half:]):
+        once = _plain_attention(attn, hidden_states[:half])
+        return torch.cat([once, once])
     query = _heads_view(attn, attn.to_q(hidden_states))
     key = _heads_view(attn, attn.to_k(hidden_states))
     value = _heads_view(attn, attn.to_v(hidden_states))

@@ -204,3 +204,24 @@ def test_context_projections_are_made_once_per_context_tensor_and_weights(unets)
             attn.to_k.weight.copy_(saved)
         imitative.zero_grad(set_to_none=True)
         reference.zero_grad(set_to_none=True)
+
+
+def test_self_attention_of_a_batch_with_equal_halves_is_computed_once(unets):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from mimic_core.attention import ContextAttentionProcessor
+    imitative, _ = unets
+    attn = imitative.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1")
+    rows = []
+    hook = attn.to_q.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    generator = torch.Generator().manual_seed(4)
+    one = torch.randn(1, 16, attn.to_q.in_features, generator=generator)
+    other = torch.randn(1, 16, attn.to_q.in_features, generator=generator)
+    try:
+        with torch.no_grad():
+            for batch, computed_rows in ((torch.cat([one, one]), 1), (torch.cat([one, other]), 2)):
+                expected = AttnProcessor2_0()(attn, batch)
+                torch.testing.assert_close(ContextAttentionProcessor()(attn, batch), expected, rtol=1e-6, atol=1e-6)
+                assert rows[-1] == computed_rows
+    finally:
+        hook.remove()
