@@ -5,8 +5,9 @@ gate), so at the 64x64 latent level of a 512² edit one call makes an 84 MB inte
 42 MB GELU and a 42 MB product. Tensors that large are allocated afresh from the operating system at
 each call and every page is faulted in and zeroed; they also leave the caches before the next
 operation reads them. Rows are independent in a feed-forward, so computing 1024 rows at a time
-gives the same function with intermediates of a few megabytes: the 64x64 level's feed-forward runs
-about 1.4x faster, and a whole step about 4% faster, on this project's 2-core CPU.
+gives the same function with intermediates of about 10 MB, which the allocator reuses: the 64x64
+level's feed-forward runs in 85 ms instead of 118 ms on this project's 2-core CPU, and a 512² step
+faults in 0.5-0.9 GB of fresh pages instead of 1.7 GB.
 
 :func:`chunk_feed_forwards` turns a module's diffusers ``FeedForward`` layers with a GEGLU
 activation into :class:`RowChunkedFeedForward`: same parameters, same state dict. Calls that record
