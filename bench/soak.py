@@ -3,8 +3,8 @@ must stay flat after warm-up, and the same seed must give the same bytes.
 
     python bench/soak.py --url http://127.0.0.1:8199 --pid PID --edits 100 [--steps 50] [--tiny]
 
-The server needs this pack, the example inputs in its input folder and the models the shipped
-part-composition workflow names (``--tiny`` points it at the fixture names the tests use).
+The server needs this pack and the models the shipped part-composition workflow names (``--tiny``
+points it at the fixture names the tests use); the example pictures come with the pack.
 The tests run a short version of the same function.
 """
 
@@ -84,7 +84,7 @@ def main() -> int:
     adapt = lambda prompt, steps: prompt  # noqa: E731
     if args.tiny:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.e2e.test_comfyui_host import for_tiny_host as adapt
+        from tests.e2e.comfy_host import for_tiny_host as adapt
     report = soak(ComfyClient(args.url), _rss_of(args.pid), adapt, args.edits, args.steps)
     print(json.dumps(report, indent=2))
     return 0 if report["failures"] == 0 and report["same_seed_same_bytes"] and report["rss_growth"] < 0.05 else 1

@@ -14,6 +14,7 @@ from .model_folders import register_model_folders
 logger = logging.getLogger(__name__)
 
 NODE_MODULES = {
+    "example_nodes": {"MimicBrushExampleImage": "MimicBrush Example Image"},
     "loaders": {"MimicBrushLoader": "MimicBrush Loader", "DepthAnythingLoader": "Depth Anything Loader (MimicBrush)"},
     "depth_nodes": {"MimicBrushDepth": "MimicBrush Depth (shape control)"},
     "reference_nodes": {"MimicBrushEncodeReference": "MimicBrush Encode Reference"},

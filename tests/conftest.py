@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tests.support import FIXTURE, as_image_tensor, read_png
+from tests.support import as_image_tensor, read_png, require_fixture
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
-    if not (FIXTURE / "manifest.json").is_file():
-        pytest.fail(f"The golden fixture is missing at {FIXTURE}; set MIMICBRUSH_FIXTURE_DIR to its folder.")
-    return FIXTURE
+    return require_fixture()
 
 
 @pytest.fixture(scope="session")

@@ -36,8 +36,8 @@ def test_block_names_are_the_mid_and_up_transformer_blocks(unets, golden):
 def _refbank_order(golden):
     from safetensors import safe_open
 
-    from tests.support import FIXTURE
-    with safe_open(str(FIXTURE / "golden_refbank_step0.safetensors"), "pt") as handle:
+    from tests.support import require_fixture
+    with safe_open(str(require_fixture() / "golden_refbank_step0.safetensors"), "pt") as handle:
         return json.dumps(json.loads(handle.metadata()["fixture"])["order"])
 
 

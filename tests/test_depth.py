@@ -21,20 +21,7 @@ from mimic_core.depth import (
 )
 from mimic_core.errors import InputError, ModelFileError
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(os.environ.get("MIMICBRUSH_FIXTURE_DIR", REPO / ".." / "shared" / "fixtures" / "mimicbrush_tiny"))
-
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def fixture_dir() -> Path:
-    if not (FIXTURE / "depth_anything_tiny.pth").is_file():
-        pytest.fail(
-            f"MimicBrush tiny fixtures not found at '{FIXTURE}'. Set MIMICBRUSH_FIXTURE_DIR to the "
-            "mimicbrush_tiny folder (the one holding depth_anything_tiny.pth)."
-        )
-    return FIXTURE
 
 
 @pytest.fixture(scope="module")

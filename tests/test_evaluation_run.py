@@ -24,7 +24,7 @@ from tests.evaluation_support import (
     write_tiny_clip,
     write_tiny_dino,
 )
-from tests.support import FIXTURE
+from tests.support import require_fixture
 
 INNER = {"SSIM", "PSNR", "LPIPS"}
 SHEET_HEIGHT = 48
@@ -38,8 +38,9 @@ def workspace(tmp_path_factory):
 
 
 def editor_options():
-    return ["--checkpoint", str(FIXTURE / "mimicbrush_tiny.bin"), "--vae", str(FIXTURE / "vae"),
-            "--depth-model", str(FIXTURE / "depth_anything_tiny.pth"), "--config-dir", str(FIXTURE),
+    fixture = require_fixture()
+    return ["--checkpoint", str(fixture / "mimicbrush_tiny.bin"), "--vae", str(fixture / "vae"),
+            "--depth-model", str(fixture / "depth_anything_tiny.pth"), "--config-dir", str(fixture),
             "--steps", "2", "--working-size", "64", "--device", "cpu"]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -16,18 +15,12 @@ from safetensors.torch import load_file, save_file
 from mimic_core.errors import ModelFileError
 from mimic_core.vae import SD_VAE_CONFIG, load_vae
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(os.environ.get("MIMICBRUSH_FIXTURE_DIR", REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"))
 HF_REPO = "stabilityai/sd-vae-ft-mse"
 
 
 @pytest.fixture(scope="module")
-def vae_dir() -> Path:
-    folder = FIXTURE / "vae"
-    if not (folder / "config.json").is_file() or not (folder / "diffusion_pytorch_model.safetensors").is_file():
-        pytest.fail(f"The tiny VAE fixture is missing at {folder}; set MIMICBRUSH_FIXTURE_DIR to the "
-                    "mimicbrush_tiny fixture folder.")
-    return folder
+def vae_dir(fixture_dir) -> Path:
+    return fixture_dir / "vae"
 
 
 @pytest.fixture(scope="module")
@@ -301,10 +294,10 @@ def test_vae_of_another_architecture_is_rejected(tmp_path, file_tensors):
     assert "wrong shape" in str(err.value) and "missing" in str(err.value)
 
 
-def test_config_of_another_model_is_rejected(tmp_path, vae_dir):
+def test_config_of_another_model_is_rejected(tmp_path, fixture_dir, vae_dir):
     path = tmp_path / "vae.safetensors"
     shutil.copy(vae_dir / "diffusion_pytorch_model.safetensors", path)
-    unet_config = FIXTURE / "unet_config.json"
+    unet_config = fixture_dir / "unet_config.json"
     assert json.loads(unet_config.read_text())["_class_name"] == "UNet2DConditionModel"
     with pytest.raises(ModelFileError, match="not for the VAE") as err:
         load_vae(path, config=unet_config)

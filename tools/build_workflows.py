@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "workflows"
 
 # Link slots of every node type used: (inputs, outputs) as (name, type) pairs, in ComfyUI's order.
 SLOTS = {
-    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "MimicBrushExampleImage": ([], [("image", "IMAGE"), ("mask", "MASK")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "DepthAnythingLoader": ([], [("depth_model", "DEPTH_ANYTHING")]),
@@ -33,7 +33,7 @@ SLOTS = {
                           [("image", "IMAGE"), ("latent", "LATENT")]),
 }
 # Widgets that the page shows but that are not inputs of the node (they follow the named widget).
-UI_ONLY_WIDGETS = {("LoadImage", "image"): "image", ("MimicBrushSampler", "seed"): "fixed"}
+UI_ONLY_WIDGETS = {("MimicBrushSampler", "seed"): "fixed"}
 OPTIONAL_INPUTS = {("MimicBrushSampler", "shape_depth")}
 
 
@@ -76,10 +76,10 @@ def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=4
 WORKFLOWS = {
     "mimicbrush_demo": [
         *loaders(demo=True),
-        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_demo_source.png"},
-             title="Source (the masked shape is repainted)", size=(320, 360)),
-        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_demo_reference.png"},
-             title="Reference (the same shape, another view)", size=(320, 360)),
+        Node(3, "MimicBrushExampleImage", (40, 440), {"image": "mimicbrush_demo_source.png"},
+             title="Source (the masked shape is repainted)", size=(320, 110)),
+        Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_demo_reference.png"},
+             title="Reference (the same shape, another view)", size=(320, 110)),
         Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), title="Edit with the built-in demo model (128 px)",
                 region="whole image (authors)", working_size=128, steps=25, guidance=3.0),
@@ -87,18 +87,20 @@ WORKFLOWS = {
     ],
     "mimicbrush_part_composition": [
         *loaders(),
-        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source (paint the mask in the mask editor)",
-             size=(320, 360)),
-        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 360)),
+        Node(3, "MimicBrushExampleImage", (40, 440), {"image": "mimicbrush_source.png"},
+             title="Source (its mask is painted in; use Load Image for your own)",
+             size=(320, 110)),
+        Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 110)),
         Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0)),
         Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush"}, {"images": (6, 0)}, size=(400, 400)),
     ],
     "mimicbrush_texture_transfer": [
         *loaders(),
-        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source (mask the whole object)",
-             size=(320, 360)),
-        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_texture.png"}, title="Texture reference", size=(320, 360)),
+        Node(3, "MimicBrushExampleImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source (mask the whole object)",
+             size=(320, 110)),
+        Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_texture.png"}, title="Texture reference",
+             size=(320, 110)),
         Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
         Node(8, "MimicBrushDepth", (480, 60), links={"depth_model": (1, 0), "image": (3, 0)}, size=(300, 80)),
         Node(9, "PreviewImage", (1220, 600), links={"images": (8, 0)}, title="Depth (shape control)", size=(320, 300)),
@@ -108,10 +110,10 @@ WORKFLOWS = {
     ],
     "mimicbrush_one_reference_many_edits": [
         *loaders(),
-        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source A", size=(320, 360)),
-        Node(10, "LoadImage", (40, 840), {"image": "mimicbrush_source_2.png"}, title="Source B", size=(320, 360)),
-        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference (encoded once)",
-             size=(320, 360)),
+        Node(3, "MimicBrushExampleImage", (40, 440), {"image": "mimicbrush_source.png"}, title="Source A", size=(320, 110)),
+        Node(10, "MimicBrushExampleImage", (40, 840), {"image": "mimicbrush_source_2.png"}, title="Source B", size=(320, 110)),
+        Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference (encoded once)",
+             size=(320, 110)),
         Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), title="Edit A"),
         sampler(11, (840, 640), (10, 0), (10, 1), (5, 0), seed=7, title="Edit B"),
@@ -120,9 +122,9 @@ WORKFLOWS = {
     ],
     "mimicbrush_large_image": [
         *loaders(),
-        Node(3, "LoadImage", (40, 440), {"image": "mimicbrush_large_source.png"},
-             title="Large source (a small masked patch)", size=(320, 360)),
-        Node(4, "LoadImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 360)),
+        Node(3, "MimicBrushExampleImage", (40, 440), {"image": "mimicbrush_large_source.png"},
+             title="Large source (a small masked patch)", size=(320, 110)),
+        Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 110)),
         Node(13, "MimicBrushCropAroundMask", (420, 60), {"working_size": 512, "context": 2.0, "min_side": 256},
              {"image": (3, 0), "mask": (3, 1)}, title="Crop around the mask (any nodes may follow)", size=(340, 150)),
         Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),

@@ -1,14 +1,16 @@
 """A real ComfyUI server with this pack and the tiny fixture models, for the end-to-end tests.
 
-The host is the one ``../shared/comfyui-host/install.sh`` installs (ComfyUI of March 2024);
-``MIMICBRUSH_COMFY_HOST`` names its folder. The fixture models are placed in its model folders
-under the names the shipped workflows use: the checkpoint converted to a self-describing
+The hosts are the ones ``../shared/comfyui-host/install.sh`` installs (ComfyUI of March 2024, and
+ComfyUI 0.3.75 with its new frontend); ``MIMICBRUSH_COMFY_HOST`` names their folders. The fixture
+models are placed in a host's model folders: the checkpoint converted to a self-describing
 ``.safetensors`` (the tiny architecture is not the released one), the VAE folder and the depth
-model linked in place.
+model linked in place under the names the shipped workflows use.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
 import re
 import signal
@@ -20,15 +22,55 @@ from pathlib import Path
 from tests.support import FIXTURE, REPO
 
 HOST_SCRIPTS = Path(os.environ.get("MIMICBRUSH_COMFY_HOST_SCRIPTS", REPO.parent / "shared" / "comfyui-host"))
-sys.path.insert(0, str(HOST_SCRIPTS))
-from client import ComfyClient  # noqa: E402  (the host's own client, standard library only)
 
-PACK_NAME = "ComfyUI-MimicBrush"
+PACK_NAME = "ComfyUI-MimicBrush-Imitation"
+"""The pack's folder under ``custom_nodes``, as a clone of its repository names it. ComfyUI-Manager
+matches installed packs by folder name, and "ComfyUI-MimicBrush" is another author's pack there."""
 CHECKPOINT = "mimicbrush_tiny.safetensors"
 VAE = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 DEPTH = "depth_anything_vitb14.pth"
-NODE_TYPES = ["MimicBrushLoader", "DepthAnythingLoader", "MimicBrushDepth", "MimicBrushEncodeReference",
-              "MimicBrushSampler", "MimicBrushCropAroundMask", "MimicBrushStitch"]
+NODE_TYPES = ["MimicBrushExampleImage", "MimicBrushLoader", "DepthAnythingLoader", "MimicBrushDepth",
+              "MimicBrushEncodeReference", "MimicBrushSampler", "MimicBrushCropAroundMask", "MimicBrushStitch"]
+TEST_STEPS = 2
+"""Sampling steps of the shipped workflows when run on the tiny fixture models."""
+DEMO_CHOICE = "built-in demo (tiny, synthetic)"
+
+
+def _is_demo(loader_values) -> bool:
+    return DEMO_CHOICE in loader_values
+
+
+def for_tiny_host(prompt: dict, steps: int = TEST_STEPS) -> dict:
+    """A shipped API workflow pointed at the fixture models, with few steps. The demo workflow runs
+    as shipped: its built-in model is part of the pack."""
+    prompt = copy.deepcopy(prompt)
+    if any(_is_demo(node["inputs"].values()) for node in prompt.values() if node["class_type"] == "MimicBrushLoader"):
+        return prompt
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "MimicBrushLoader":
+            inputs.update(checkpoint=CHECKPOINT, vae=VAE)
+        elif node["class_type"] == "DepthAnythingLoader":
+            inputs["model"] = DEPTH
+        elif node["class_type"] == "MimicBrushSampler":
+            inputs["steps"] = steps
+    return prompt
+
+
+def ui_for_tiny_host(workflow: dict, steps: int = TEST_STEPS) -> dict:
+    """The same change on a UI-format workflow (its widget values, in the page's order)."""
+    workflow = copy.deepcopy(workflow)
+    if any(_is_demo(node["widgets_values"]) for node in workflow["nodes"] if node["type"] == "MimicBrushLoader"):
+        return workflow
+    for node in workflow["nodes"]:
+        values = node["widgets_values"]
+        if node["type"] == "MimicBrushLoader":
+            values[0], values[1] = CHECKPOINT, VAE
+        elif node["type"] == "DepthAnythingLoader":
+            values[0] = DEPTH
+        elif node["type"] == "MimicBrushSampler":
+            values[0] = steps
+    return workflow
 
 
 def _link(target: Path, source: Path) -> None:
@@ -51,16 +93,37 @@ def place_fixture_models(comfy: Path) -> None:
     _link(models / "depth_anything" / "depth_anything_vitb14_config.json", FIXTURE / "depth_anything_tiny_config.json")
 
 
+def host_client_class():
+    """The host's own HTTP client (``client.py`` beside ``install.sh``; standard library only)."""
+    spec = importlib.util.spec_from_file_location("comfy_host_client", HOST_SCRIPTS / "client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ComfyClient
+
+
+def host_version(root: Path) -> str:
+    """"0.3.75" (or whichever ``comfyui_version.py`` says), or "2024" for the tree that has none."""
+    version_file = root / "ComfyUI" / "comfyui_version.py"
+    if not version_file.is_file():
+        return "2024"
+    return re.search(r'__version__ = "([^"]+)"', version_file.read_text()).group(1)
+
+
 class ComfyHost:
-    """Starts the server with ``serve.sh`` and stops it; knows its folders and its process."""
+    """Starts the server with ``serve.sh`` and stops it; knows its folders, version and process."""
 
     def __init__(self, root: Path, port: int):
         self.root = root
         self.comfy = root / "ComfyUI"
+        self.version = host_version(root)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.client = ComfyClient(self.url)
+        self.client = host_client_class()(self.url)
         self.pid: int | None = None
+
+    @property
+    def has_template_browser(self) -> bool:
+        return self.version != "2024"
 
     def start(self) -> None:
         done = subprocess.run(["bash", str(HOST_SCRIPTS / "serve.sh"), str(self.root), str(REPO), str(self.port),
@@ -84,6 +147,25 @@ class ComfyHost:
     def log(self) -> str:
         path = self.root / "server.log"
         return path.read_text(errors="replace") if path.is_file() else ""
+
+    def pack_import_lines(self) -> list[str]:
+        """The start-up log's lines about this pack (the host's own optional modules are not ours)."""
+        return [line for line in self.log().splitlines() if f"custom_nodes/{PACK_NAME}" in line or "MimicBrush" in line]
+
+    def pack_import_seconds(self) -> float:
+        """The pack's import time from ComfyUI's "Import times for custom nodes" list."""
+        for line in self.pack_import_lines():
+            found = re.match(r"\s*([0-9.]+) seconds(?: \(IMPORT FAILED\))?: .*custom_nodes/" + re.escape(PACK_NAME) + "$",
+                             line)
+            if found:
+                return float(found.group(1))
+        raise AssertionError("the start-up log lists no import time for the pack:\n" + self.log()[-3000:])
+
+    def empty_input_folder(self) -> None:
+        """A fresh install's ``input/``: nothing in it (uploads of earlier runs removed)."""
+        for path in (self.comfy / "input").iterdir():
+            if path.is_file() or path.is_symlink():
+                path.unlink()
 
     def resident_memory_kib(self) -> int:
         """The server's resident memory (VmRSS) in KiB."""

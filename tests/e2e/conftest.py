@@ -1,4 +1,7 @@
-"""The ComfyUI host for the end-to-end tests; skipped (or, in CI, failed) when none is installed."""
+"""The ComfyUI hosts for the end-to-end tests: every test that takes ``comfy_host`` runs once on
+each host named in ``MIMICBRUSH_COMFY_HOST`` (folders made by ``../shared/comfyui-host/install.sh``,
+separated by ``:``). Without one they are skipped with the reason; in CI (``MIMICBRUSH_REQUIRE_ALL=1``)
+that is a failure."""
 
 from __future__ import annotations
 
@@ -9,17 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.comfy_host import ComfyHost, place_fixture_models
-from tests.support import REPO
+from tests.e2e.comfy_host import HOST_SCRIPTS, ComfyHost, host_version, place_fixture_models
+from tests.support import REPO, unavailable
 
 HOST_ENV = "MIMICBRUSH_COMFY_HOST"
-REQUIRE_ENV = "MIMICBRUSH_REQUIRE_E2E"
+INSTALL_HINT = (f"install one with 'bash ../shared/comfyui-host/install.sh HOSTDIR .venv/bin/python' (the project's CI "
+                f"has that folder beside the clone) and set {HOST_ENV}=HOSTDIR (several: HOSTDIR1:HOSTDIR2)")
 
 
-def _unavailable(reason: str):
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 requires the end-to-end tests)")
-    pytest.skip(reason)
+def _host_roots() -> list[Path]:
+    return [Path(root).resolve() for root in os.environ.get(HOST_ENV, "").split(os.pathsep) if root]
+
+
+def _host_id(root: Path | None) -> str:
+    if root is None or not (root / "ComfyUI" / "main.py").is_file():
+        return "no-host"
+    return f"comfyui-{host_version(root)}"
 
 
 def _free_port() -> int:
@@ -28,25 +36,38 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def comfy_host(fixture_dir):
-    root = os.environ.get(HOST_ENV)
-    if not root or not (Path(root) / "ComfyUI" / "main.py").is_file():
-        _unavailable(f"no ComfyUI host: set {HOST_ENV} to a folder made by ../shared/comfyui-host/install.sh")
-    host = ComfyHost(Path(root).resolve(), _free_port())
+@pytest.fixture(scope="session", params=_host_roots() or [None], ids=_host_id)
+def comfy_host(request, fixture_dir):
+    root = request.param
+    if root is None:
+        unavailable("no ComfyUI host", INSTALL_HINT)
+    if not (root / "ComfyUI" / "main.py").is_file():
+        unavailable(f"{root} holds no ComfyUI host", INSTALL_HINT)
+    if not (HOST_SCRIPTS / "client.py").is_file():
+        unavailable(f"no host scripts at {HOST_SCRIPTS}", "set MIMICBRUSH_COMFY_HOST_SCRIPTS to ../shared/comfyui-host")
+    host = ComfyHost(root, _free_port())
     place_fixture_models(host.comfy)
-    for image in (REPO / "workflows" / "inputs").glob("*.png"):
-        shutil.copy(image, host.comfy / "input" / image.name)
+    host.empty_input_folder()
     host.start()
     yield host
     host.stop()
+
+
+@pytest.fixture
+def uploads(comfy_host):
+    """Files a test puts in the host's input folder, removed again so that the next test finds the
+    empty folder of a fresh install."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        (comfy_host.comfy / "input" / name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
 def chromium():
     path = shutil.which("chromium")
     if path is None:
-        _unavailable("no chromium for the browser check: apt-get install -y chromium")
+        unavailable("no chromium for the browser check", "apt-get install -y chromium")
     return path
 
 

@@ -3,66 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import subprocess
-import sys
 
 import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.comfy_host import CHECKPOINT, DEPTH, HOST_SCRIPTS, NODE_TYPES, VAE, error_message, run_prompt
+from tests.e2e.comfy_host import CHECKPOINT, NODE_TYPES, TEST_STEPS, error_message, for_tiny_host, run_prompt
 from tests.support import REPO
 
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
-TEST_STEPS = 2
-
-
-DEMO_CHOICE = "built-in demo (tiny, synthetic)"
-
-
-def _is_demo(loader_values) -> bool:
-    return DEMO_CHOICE in loader_values
-
-
-def for_tiny_host(prompt: dict, steps: int = TEST_STEPS) -> dict:
-    """A shipped API workflow pointed at the fixture models, with few steps. The demo workflow runs
-    as shipped: its built-in model is part of the pack."""
-    prompt = copy.deepcopy(prompt)
-    if any(_is_demo(node["inputs"].values()) for node in prompt.values() if node["class_type"] == "MimicBrushLoader"):
-        return prompt
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "MimicBrushLoader":
-            inputs.update(checkpoint=CHECKPOINT, vae=VAE)
-        elif node["class_type"] == "DepthAnythingLoader":
-            inputs["model"] = DEPTH
-        elif node["class_type"] == "MimicBrushSampler":
-            inputs["steps"] = steps
-    return prompt
-
-
-def ui_for_tiny_host(workflow: dict, steps: int = TEST_STEPS) -> dict:
-    """The same change on a UI-format workflow (its widget values, in the page's order)."""
-    workflow = copy.deepcopy(workflow)
-    if any(_is_demo(node["widgets_values"]) for node in workflow["nodes"] if node["type"] == "MimicBrushLoader"):
-        return workflow
-    for node in workflow["nodes"]:
-        values = node["widgets_values"]
-        if node["type"] == "MimicBrushLoader":
-            values[0], values[1] = CHECKPOINT, VAE
-        elif node["type"] == "DepthAnythingLoader":
-            values[0] = DEPTH
-        elif node["type"] == "MimicBrushSampler":
-            values[0] = steps
-    return workflow
-
-
 def test_the_pack_imports_cleanly_and_every_node_is_documented(comfy_host):
-    log = comfy_host.log()
-    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+    """The start-up log is read where it speaks of this pack: a host's own optional modules that do
+    not import on this machine (0.3.75's audio nodes) are not the pack's concern."""
+    lines = comfy_host.pack_import_lines()
+    assert not [line for line in lines if "IMPORT FAILED" in line or "Cannot import" in line or "could not load" in line], \
+        "\n".join(lines)
+    print(f"ComfyUI {comfy_host.version}: the pack imported in {comfy_host.pack_import_seconds():.2f} s")
     info = comfy_host.client.object_info()
     for node_type in NODE_TYPES:
         node = info[node_type]
@@ -82,7 +40,7 @@ def _source_file(prompt: dict, node_id: str) -> str:
     """The LoadImage file an edited image comes from (through a sampler, or a stitch of a crop)."""
     node = prompt[node_id]
     upstream = {"MimicBrushSampler": "source", "MimicBrushStitch": "crop", "MimicBrushCropAroundMask": "image"}
-    if node["class_type"] == "LoadImage":
+    if node["class_type"] == "MimicBrushExampleImage":
         return node["inputs"]["image"]
     return _source_file(prompt, node["inputs"][upstream[node["class_type"]]][0])
 
@@ -111,23 +69,11 @@ def test_every_api_workflow_runs_and_leaves_the_rest_of_the_source_alone(comfy_h
         assert not np.array_equal(result[mask], source[mask])
 
 
-@pytest.mark.parametrize("workflow", sorted((REPO / "workflows").glob("*.json")), ids=lambda p: p.stem)
-def test_every_ui_workflow_loads_and_runs_from_the_browser(comfy_host, chromium, artifacts_dir, tmp_path, workflow):
-    adapted = tmp_path / workflow.name
-    adapted.write_text(json.dumps(ui_for_tiny_host(json.loads(workflow.read_text()))))
-    shot = artifacts_dir / f"{workflow.stem}.png"
-    done = subprocess.run([sys.executable, str(HOST_SCRIPTS / "browser_check.py"), "--queue", comfy_host.url + "/",
-                           str(adapted), str(shot)], capture_output=True, text=True, timeout=600)
-    print(done.stdout)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "missing in the page: none" in done.stdout and "queued run: success" in done.stdout
-    assert shot.is_file()
-
-
-def _upload(comfy_host, tmp_path, name: str, image: Image.Image) -> str:
+def _upload(comfy_host, uploads, tmp_path, name: str, image: Image.Image) -> str:
     path = tmp_path / name
     image.save(path)
-    return comfy_host.client.upload_image(str(path))
+    uploads.append(comfy_host.client.upload_image(str(path)))
+    return uploads[-1]
 
 
 def _base_prompt() -> dict:
@@ -141,21 +87,23 @@ def _assert_next_prompt_succeeds(comfy_host, seed: int):
     assert entry["status"]["status_str"] == "success", error_message(entry)
 
 
-def test_an_empty_mask_is_an_execution_error_that_says_what_to_do(comfy_host, tmp_path):
+def test_an_empty_mask_is_an_execution_error_that_says_what_to_do(comfy_host, uploads, tmp_path):
     source, _ = _source_and_mask("mimicbrush_source.png")
     opaque = Image.fromarray(np.dstack([source, np.full(source.shape[:2], 255, np.uint8)]), "RGBA")
     prompt = _base_prompt()
-    prompt["3"]["inputs"]["image"] = _upload(comfy_host, tmp_path, "no_mask.png", opaque)
+    prompt["3"] = {"class_type": "LoadImage",
+                   "inputs": {"image": _upload(comfy_host, uploads, tmp_path, "no_mask.png", opaque)}}
     entry = run_prompt(comfy_host, prompt)
     assert entry["status"]["status_str"] == "error"
     assert "mask is empty" in error_message(entry) and "paint" in error_message(entry)
     _assert_next_prompt_succeeds(comfy_host, 101)
 
 
-def test_a_mask_of_another_image_is_an_execution_error(comfy_host, tmp_path):
+def test_a_mask_of_another_image_is_an_execution_error(comfy_host, uploads, tmp_path):
     prompt = _base_prompt()
     prompt["20"] = {"class_type": "LoadImageMask", "inputs": {
-        "image": _upload(comfy_host, tmp_path, "square_mask.png", Image.new("L", (300, 300), 255)), "channel": "red"}}
+        "image": _upload(comfy_host, uploads, tmp_path, "square_mask.png", Image.new("L", (300, 300), 255)),
+        "channel": "red"}}
     prompt["6"]["inputs"]["mask"] = ["20", 0]
     entry = run_prompt(comfy_host, prompt)
     assert entry["status"]["status_str"] == "error"
