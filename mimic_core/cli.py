@@ -1,4 +1,4 @@
-"""``python -m mimic_core edit|convert|train|evaluate``.
+"""``mimicbrush edit|convert|train|evaluate`` (also ``python -m mimic_core ...``).
 
 ``train`` and ``evaluate`` live in their own packages; their modules import their heavier
 dependencies only when the command runs, so ``edit`` works with just the runtime requirements.
@@ -136,7 +136,7 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mimic_core",
+    parser = argparse.ArgumentParser(prog="mimicbrush",
                                      description="MimicBrush: edit an image by imitating a reference.")
     commands = parser.add_subparsers(dest="command", required=True)
 
