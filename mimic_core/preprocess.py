@@ -44,8 +44,22 @@ def image_to_uint8(image: torch.Tensor, what: str = "image") -> np.ndarray:
         raise InputError(f"The {what} is empty (shape {tuple(image.shape)}).")
     channels = image.shape[-1]
     rgb = image[..., :1].expand(-1, -1, 3) if channels in (1, 2) else image[..., :3]
-    values = rgb.detach().to("cpu", torch.float32).clamp(0, 1).mul(255).round().to(torch.uint8)
+    if rgb.dtype == torch.uint8:  # 0..255 by its type: nothing to guess
+        return np.ascontiguousarray(rgb.detach().cpu().numpy())
+    values = rgb.detach().to("cpu", torch.float32)
+    _check_unit_range(values, what)
+    values = values.clamp(0, 1).mul(255).round().to(torch.uint8)
     return np.ascontiguousarray(values.numpy())
+
+
+def _check_unit_range(values: torch.Tensor, what: str) -> None:
+    """Refuse what would otherwise turn silently into another picture: NaN or infinite values, and
+    0..255 values given as floats (clamped to 0..1 they would be a white image or a full mask)."""
+    if not torch.isfinite(values).all():
+        raise InputError(f"The {what} holds NaN or infinite values: give finite values in 0..1.")
+    if values.numel() and values.max() > 1.0 + 1e-3:
+        raise InputError(f"The {what} has values up to {values.max().item():g}, but floats must be in 0..1: divide a "
+                         "0..255 picture by 255 (or pass it as a uint8 tensor, which is read as 0..255).")
 
 
 def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -55,14 +69,21 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
     but the same aspect ratio as the source (the same mask at another resolution) is resized to
     it with nearest-neighbour sampling, with a warning; a mask of another aspect ratio belongs
     to another image and is refused. An empty mask is an error: there would be nothing to edit.
+    Shapes ComfyUI produces are understood (``[H, W]``, ``[1, H, W]``, ``[H, W, 1]``,
+    ``[1, H, W, 1]``); a uint8 mask is read as 0..255, float values outside 0..1 are refused.
     """
+    if mask.ndim == 4 and mask.shape[0] == 1 and mask.shape[-1] == 1:  # [1, H, W, 1]: an image-shaped mask
+        mask = mask[0]
+    if mask.ndim == 3 and mask.shape[-1] == 1 and mask.shape[0] != 1:  # [H, W, 1]
+        mask = mask[..., 0]
     if mask.ndim == 3:
         if mask.shape[0] != 1:
             raise InputError(f"Expected one mask, got a batch of {mask.shape[0]}; pass them one at a time.")
         mask = mask[0]
     if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
         raise InputError(f"The mask must be [H, W] (or [1, H, W]), got shape {tuple(mask.shape)}.")
-    mask = mask.detach().to("cpu", torch.float32)
+    mask = mask.detach().to("cpu", torch.float32) / (255.0 if mask.dtype == torch.uint8 else 1.0)
+    _check_unit_range(mask, "mask")
     if not (mask > 0.5).any():
         raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit; in "
                          "ComfyUI, paint it with the mask editor or connect a MASK from a segmenter).")
@@ -159,5 +180,5 @@ def feathered_alpha(mask: np.ndarray) -> np.ndarray:
 
 def uint8_to_image(array: np.ndarray) -> torch.Tensor:
     """``[N,] H x W x 3`` uint8 -> ``[N, H, W, 3]`` float32 in 0..1."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32) / 255.0
+    tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(torch.float32) / 255.0
     return tensor if tensor.ndim == 4 else tensor.unsqueeze(0)

@@ -43,13 +43,13 @@ class MimicBrushExampleImage:
         }}
 
     def load(self, image):
-        from PIL import Image
-
         from ..mimic_core.errors import InputError
+        from ..mimic_core.image_files import read_alpha, read_image_array
 
         if image not in example_names():
             raise InputError(f"'{image}' is not one of the pack's example pictures ({', '.join(example_names())}); "
                              "pick one from the list, or use Load Image for a picture of your own.")
-        with Image.open(EXAMPLES / image) as picture:
-            rgba = np.asarray(picture.convert("RGBA"), np.float32) / 255.0
-        return torch.from_numpy(rgba[None, ..., :3].copy()), torch.from_numpy(1.0 - rgba[None, ..., 3])
+        rgb = read_image_array(EXAMPLES / image, "RGB")
+        alpha = read_alpha(EXAMPLES / image)
+        opaque = np.ones(rgb.shape[:2], np.float32) if alpha is None else alpha
+        return torch.from_numpy(rgb[None].copy()), torch.from_numpy(1.0 - opaque[None])

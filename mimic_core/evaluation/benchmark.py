@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..cli import read_image
+from ..image_files import read_image
 from ..crop import mask_bounds
 from ..errors import InputError
 from ..preprocess import image_to_uint8

@@ -24,7 +24,7 @@ def add_command(commands) -> None:
                           help="new or earlier evaluation folder: results/, sheets/, report.json, report.md")
     evaluate.add_argument("--results", help="score these result images (<case id>.png or .jpg, at the source's "
                                             "size) instead of running the editor")
-    from ..cli import add_model_options
+    from ..command_options import add_model_options
 
     add_model_options(evaluate.add_argument_group(
         "editor (not needed to score existing results; under accelerate or torchrun --device auto is each "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import resolve_device_dtype
+from ..command_options import resolve_device_dtype
 from ..errors import InputError, ModelFileError
 from ..model_files import find_model_files
 from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS

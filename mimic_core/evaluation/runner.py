@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..cli import DTYPES, read_image
+from ..command_options import DTYPES
+from ..image_files import read_image
 from ..errors import InputError
 from ..model_files import ModelFiles
 from ..preprocess import image_to_uint8

@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import InputError
+from ..image_files import read_rgb_uint8
 from .data_files import MASK_SUFFIX
 
 
@@ -19,11 +21,11 @@ class ImageReadError(Exception):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB (grey is repeated, alpha dropped)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageReadError(f"OpenCV cannot decode '{path}'")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """``H x W x 3`` uint8 RGB (grey is repeated, alpha dropped), read as every command reads images."""
+    try:
+        return read_rgb_uint8(path)
+    except InputError as err:
+        raise ImageReadError(str(err)) from err
 
 
 def segments_path(image_path: Path) -> Path:
@@ -31,7 +33,8 @@ def segments_path(image_path: Path) -> Path:
 
 
 def read_segments(image_path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The image's label map (``H x W`` int64) if it has one, None otherwise."""
+    """The image's label map (``H x W`` int64) if it has one, None otherwise. Read raw with OpenCV:
+    its values are labels, not intensities, and must not be scaled as pictures are."""
     path = segments_path(image_path)
     if not path.is_file():
         return None

@@ -1,0 +1,54 @@
+"""Options and helpers that several commands share (``edit`` and ``evaluate``), below both of them.
+
+The commands import from here; nothing here imports a command.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, REGIONS, SAMPLERS
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CONFIG_DIR_ENV = "MIMICBRUSH_CONFIG_DIR"
+
+
+def add_model_options(options) -> None:
+    """The model-file, sampling and device options of ``edit``, shared by the commands that edit
+    (``options``: a parser or an argument group)."""
+    options.add_argument("--models", help="folder in the authors' layout: mimicbrush/, sd-vae-ft-mse/, depth_model/ "
+                                           "(edit without any model option uses the built-in demo model)")
+    options.add_argument("--checkpoint", help="MimicBrush checkpoint (.bin or converted .safetensors), instead of --models")
+    options.add_argument("--vae", help="SD VAE (diffusers folder or single file), instead of --models")
+    options.add_argument("--depth-model", help="Depth Anything (.pth or transformers folder), instead of --models")
+    options.add_argument("--config-dir", default=os.environ.get(CONFIG_DIR_ENV),
+                         help=f"folder of <part>_config.json for non-released architectures (env {CONFIG_DIR_ENV})")
+    options.add_argument("--steps", type=int, help=f"DDIM steps (default {DEFAULT_STEPS}; the demo model's 25)")
+    options.add_argument("--guidance", type=float,
+                         help=f"guidance scale (default {DEFAULT_GUIDANCE:g}; the demo model's 3)")
+    options.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    options.add_argument("--region", default="whole", choices=REGIONS,
+                         help="whole: the authors' padded whole image; crop: a square around the mask at full detail, "
+                              "stitched back; crop_each: one crop per masked region (default %(default)s)")
+    options.add_argument("--working-size", type=int,
+                         help="square side the model works on, a multiple of 64 (default 512; the demo model's 128)")
+    options.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+                         help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
+    options.add_argument("--reference-every", type=int, default=1,
+                         help="recompute reference features every k steps; 1 exact, 0 once (fast mode)")
+    options.add_argument("--guided-fraction", type=float, default=1.0,
+                         help="share of the steps, from the first, with classifier-free guidance; 1 exact, less is "
+                              "fast mode (the later steps run the conditional branch alone, at half the cost)")
+    options.add_argument("--deep-features-every", type=int, default=1,
+                         help="run the whole imitative U-Net every k steps and only its outermost level between, "
+                              "on the deep features kept (DeepCache); 1 exact, 2-5 fast mode")
+    options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """``--device`` and ``--dtype`` as given, or their defaults (cuda when available; fp16 on a GPU, fp32 on the CPU)."""
+    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, DTYPES[dtype] if dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)

@@ -1,0 +1,78 @@
+"""Reading image files: one way for every command (edit, evaluate, train) and the nodes' examples.
+
+A file is read as ComfyUI's Load Image and an image viewer show it: EXIF orientation applied,
+the first frame of an animation, and the full range of deep files scaled to 0..1 (16-bit
+greyscale PNGs open in Pillow as ``I;16`` or ``I``, whose values ``Image.convert`` clips at 255,
+so such a picture came out almost white). Eight-bit files go through Pillow's own conversions,
+exactly as before, so results made from them do not change by a bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+DEEP_GREY_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+"""Greyscale modes with more than 8 bits, and the value that stands for white: Pillow opens a
+16-bit PNG or TIFF as one of these (``I`` included, as ComfyUI's Load Image also assumes)."""
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _open(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            upright = ImageOps.exif_transpose(image)
+            upright.load()
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"Cannot read the image '{path}': {err}. Give a PNG, JPEG, WebP, TIFF or BMP file.") from err
+    if upright.width < 1 or upright.height < 1:
+        raise InputError(f"The image '{path}' is empty ({upright.width}x{upright.height}).")
+    return upright
+
+
+def _deep_grey(image: Image.Image) -> np.ndarray | None:
+    """A deep greyscale or float image as ``H x W`` float32 in 0..1; None for 8-bit modes."""
+    if image.mode in DEEP_GREY_MODES:
+        values = np.asarray(image).astype(np.float32) / DEEP_GREY_MODES[image.mode]
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        values = values / 255.0 if np.nanmax(values) > 1.0 else values  # 0..255 floats, or already 0..1
+    else:
+        return None
+    return np.clip(np.nan_to_num(values), 0.0, 1.0)
+
+
+def read_image_array(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """An image file as ``H x W x 3`` (``mode`` "RGB") or ``H x W`` ("L", luminance) float32 in 0..1.
+    Alpha is dropped, as Pillow's ``convert`` drops it; :func:`read_alpha` gives it."""
+    image = _open(path)
+    deep = _deep_grey(image)
+    if deep is not None:
+        return np.repeat(deep[..., None], 3, axis=2) if mode == "RGB" else deep
+    return np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+
+
+def read_alpha(path: str | Path) -> np.ndarray | None:
+    """The file's alpha channel as ``H x W`` float32 in 0..1 (palette transparency included), or None."""
+    image = _open(path)
+    if image.mode not in ALPHA_MODES and not (image.mode in {"P", "L", "RGB"} and "transparency" in image.info):
+        return None
+    return np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+
+
+def read_image(path: str | Path, mode: str) -> torch.Tensor:
+    """An image file as a ComfyUI-style ``[1, H, W, C]`` float tensor in 0..1 (``mode`` "RGB" or "L")."""
+    array = read_image_array(path, mode)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor[None, ..., None] if mode == "L" else tensor[None]
+
+
+def read_rgb_uint8(path: str | Path) -> np.ndarray:
+    """An image file as ``H x W x 3`` uint8 RGB (the engine's and the trainer's working form)."""
+    return np.round(read_image_array(path, "RGB") * 255.0).astype(np.uint8)
