@@ -60,7 +60,10 @@ class MimicBrushModels:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            # torch's own move: diffusers' ModelMixin.to adds only checks for quantized and
+            # device-mapped models (ours are neither) and a warning on every cast about modules to
+            # keep in float32, of which these networks have none.
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         return self
 
 
