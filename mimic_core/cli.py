@@ -13,63 +13,63 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .checkpoint import convert_checkpoint
-from .command_options import CONFIG_DIR_ENV, add_model_options, resolve_device_dtype
+from .command_options import CONFIG_DIR_ENV, add_model_options, resolve_device_dtype, sampling_options
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
-from .image_files import read_image
+from .image_files import read_image, read_mask
 from .model_files import find_model_files
 from .models import load_models
+from .output_images import check_output_path, write_images
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, MimicBrushPipeline
-from .preprocess import mask_to_binary
+from .preprocess import WORKING_SIZE, image_to_uint8, mask_to_binary
 from .training.command import add_command as add_train_command
 
 logger = logging.getLogger("mimic_core")
 
-def write_image(image: torch.Tensor, path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise InputError(f"'{path}' exists; choose another --out or pass --overwrite.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    Image.fromarray(array).save(path)
+
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    out = Path(args.out)
+    return [out] if args.samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.samples)]
 
 
 def _edit(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    outputs = [out] if args.samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.samples)]
-    inputs = {Path(p).resolve() for p in (args.source, args.mask, args.reference)}
-    if any(path.resolve() in inputs for path in outputs):
-        raise InputError("--out would overwrite one of the input images; choose another name.")
-    source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
-    mask = read_image(args.mask, "L")[..., 0]
-    mask_to_binary(mask, source.shape[1], source.shape[2])  # refuse a bad mask before loading gigabytes
-    if not (args.models or args.checkpoint or args.vae or args.depth_model):
+    """Everything the user gave is checked (options, device, output paths, images, mask) before the
+    models load; the edit, once made, is written or kept safe (:mod:`mimic_core.output_images`)."""
+    demo = not (args.models or args.checkpoint or args.vae or args.depth_model)
+    if demo:
         from .demo import DEMO_GUIDANCE, DEMO_NOTICE, DEMO_STEPS, DEMO_WORKING_SIZE, demo_model_files
 
-        logger.warning(DEMO_NOTICE)
-        files = demo_model_files()
         defaults = DEMO_STEPS, DEMO_GUIDANCE, DEMO_WORKING_SIZE
     else:
-        files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
-        defaults = DEFAULT_STEPS, DEFAULT_GUIDANCE, None
-    steps, guidance, working_size = (default if given is None else given
-                                     for given, default in zip((args.steps, args.guidance, args.working_size), defaults))
+        defaults = DEFAULT_STEPS, DEFAULT_GUIDANCE, WORKING_SIZE
+    sampling = sampling_options(args, *defaults, num_samples=args.samples)
     device, dtype = resolve_device_dtype(args.device, args.dtype)
+    outputs = _output_paths(args)
+    inputs = [Path(p) for p in (args.source, args.mask, args.reference)]
+    image_format = [check_output_path(path, inputs, args.overwrite) for path in outputs][0]
+    source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
+    # the mask at the source's size, checked (and resized, with its one warning) before loading gigabytes
+    mask = torch.from_numpy(mask_to_binary(read_mask(args.mask), *source.shape[1:3])).float()
+    if demo:
+        logger.warning(DEMO_NOTICE)
+        files = demo_model_files()
+    else:
+        files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, release_encoders=True)
     result = pipeline.edit(
-        source, mask, reference, keep_shape=args.keep_shape, steps=steps, guidance=guidance, seed=args.seed,
-        num_samples=args.samples, region=args.region, working_size=working_size,
-        sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
-        deep_features_every=args.deep_features_every,
+        source, mask, reference, keep_shape=args.keep_shape, steps=sampling.steps, guidance=sampling.guidance,
+        seed=sampling.seed, num_samples=sampling.num_samples, region=args.region, working_size=sampling.working_size,
+        sampler=sampling.sampler, reference_every=sampling.reference_every, guided_fraction=sampling.guided_fraction,
+        deep_features_every=sampling.deep_features_every,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
-    for image, path in zip(result.images, outputs):
-        write_image(image, path, args.overwrite)
+    write_images([image_to_uint8(image) for image in result.images], outputs, image_format)
+    for path in outputs:
         print(path)
     return 0
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--source", required=True, help="the image to edit")
     edit.add_argument("--mask", required=True, help="grey mask of the source; white = region to regenerate")
     edit.add_argument("--reference", required=True, help="the image whose matching part is imitated")
-    edit.add_argument("--out", required=True, help="where to write the edited image (PNG)")
+    edit.add_argument("--out", required=True, help="where to write the edited image (.png, .jpg, .webp, .tif or .bmp)")
     add_model_options(edit)
     edit.add_argument("--keep-shape", action="store_true", help="shape control: keep the source's shape (depth-guided)")
     edit.add_argument("--samples", type=int, default=1, help="number of results; written as OUT_0.png, OUT_1.png, ...")

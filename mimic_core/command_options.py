@@ -1,15 +1,20 @@
 """Options and helpers that several commands share (``edit`` and ``evaluate``), below both of them.
 
-The commands import from here; nothing here imports a command.
+The commands import from here; nothing here imports a command. Every option is checked here,
+before any model loads, by the same rules the engine applies (:mod:`mimic_core.edit_options`),
+so a typo costs a second, not a model load.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
 
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, REGIONS, SAMPLERS
+from .edit_options import REGIONS, SAMPLERS, OptionError, SamplingOptions
+from .errors import InputError
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CONFIG_DIR_ENV = "MIMICBRUSH_CONFIG_DIR"
@@ -27,8 +32,9 @@ def add_model_options(options) -> None:
                          help=f"folder of <part>_config.json for non-released architectures (env {CONFIG_DIR_ENV})")
     options.add_argument("--steps", type=int, help=f"DDIM steps (default {DEFAULT_STEPS}; the demo model's 25)")
     options.add_argument("--guidance", type=float,
-                         help=f"guidance scale (default {DEFAULT_GUIDANCE:g}; the demo model's 3)")
-    options.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+                         help=f"guidance scale, 0 or more (default {DEFAULT_GUIDANCE:g}; the demo model's 3); up to 1 "
+                              "turns classifier-free guidance off, at half the cost")
+    options.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**64-1 (default %(default)s)")
     options.add_argument("--region", default="whole", choices=REGIONS,
                          help="whole: the authors' padded whole image; crop: a square around the mask at full detail, "
                               "stitched back; crop_each: one crop per masked region (default %(default)s)")
@@ -48,7 +54,57 @@ def add_model_options(options) -> None:
     options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
 
 
+OPTION_NAMES = {"num_samples": "--samples"}
+"""How the commands spell a setting whose option is not ``--`` and its name with dashes."""
+
+
+def option_name(setting: str) -> str:
+    return OPTION_NAMES.get(setting, "--" + setting.replace("_", "-"))
+
+
+def sampling_options(args: argparse.Namespace, steps: int, guidance: float, working_size: int,
+                     num_samples: int = 1) -> SamplingOptions:
+    """The sampling options given (the defaults passed where one is not), checked as the engine checks
+    them; a refusal names the command's option."""
+    try:
+        return SamplingOptions(
+            steps=steps if args.steps is None else args.steps,
+            guidance=guidance if args.guidance is None else args.guidance,
+            seed=args.seed, num_samples=num_samples,
+            working_size=working_size if args.working_size is None else args.working_size,
+            sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
+            deep_features_every=args.deep_features_every)
+    except OptionError as err:
+        raise err.spelled({err.option: option_name(err.option)}) from None
+
+
+def check_device(name: str) -> torch.device:
+    """A device this machine has, or :class:`InputError` saying what it has instead."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device '{name}' is not a device; give auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None else "no NVIDIA GPU is visible")
+            raise InputError(f"--device {name}: {why}; use --device cpu, or install a CUDA build of torch "
+                             "(https://pytorch.org/get-started/locally/).")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
+                             "pick one of those.")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {name}: Apple's Metal (MPS) is not available here; use --device cpu.")
+        return device
+    raise InputError(f"--device {name}: {device.type} devices are not supported; give auto, cpu, cuda, cuda:N or mps.")
+
+
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
-    """``--device`` and ``--dtype`` as given, or their defaults (cuda when available; fp16 on a GPU, fp32 on the CPU)."""
-    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device`` and ``--dtype`` as given (the device checked to exist), or their defaults (cuda when
+    available; fp16 on a GPU, fp32 on the CPU)."""
+    device = str(check_device(device)) if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     return device, DTYPES[dtype] if dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .edit_options import RegionOptions, check_whole
 from .errors import InputError
 from .preprocess import FEATHER_PASSES, feathered_alpha, square_offset
 
@@ -72,8 +73,7 @@ def plan_crop(mask: np.ndarray, context: float = 2.0, min_side: int = 256) -> Cr
     plus the feather band on each side, and ``min_side``), but never more than the image's long
     side; it is centred on the mask and shifted to stay inside the image where the image allows.
     """
-    if context < 1.0:
-        raise InputError(f"The crop context factor must be at least 1 (the mask itself), got {context}.")
+    RegionOptions("crop", context, min_side)
     height, width = mask.shape[:2]
     top, left, bottom, right = mask_bounds(mask)
     extent = max(bottom - top, right - left)
@@ -141,6 +141,7 @@ def crop_for_editing(image: np.ndarray, mask: np.ndarray, working_size: int, con
     """The square crop around ``mask`` at ``working_size``: image (Lanczos), mask (nearest), box."""
     from .preprocess import resize_lanczos
 
+    check_whole("working_size", working_size, 8, " (pixels a side)")
     box = plan_crop(mask, context, min_side)
     crop_mask = cv2.resize(cut(mask.astype(np.uint8), box, 0), (working_size, working_size),
                            interpolation=cv2.INTER_NEAREST)

@@ -20,6 +20,9 @@ from .errors import InputError
 DEEP_GREY_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 """Greyscale modes with more than 8 bits, and the value that stands for white: Pillow opens a
 16-bit PNG or TIFF as one of these (``I`` included, as ComfyUI's Load Image also assumes)."""
+ORIENTATION_TAG = 0x0112
+TURNED_ORIENTATIONS = {5, 6, 7, 8}
+"""EXIF orientations that show the stored picture turned a quarter, so width and height swap."""
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -48,22 +51,28 @@ def _deep_grey(image: Image.Image) -> np.ndarray | None:
     return np.clip(np.nan_to_num(values), 0.0, 1.0)
 
 
-def read_image_array(path: str | Path, mode: str = "RGB") -> np.ndarray:
-    """An image file as ``H x W x 3`` (``mode`` "RGB") or ``H x W`` ("L", luminance) float32 in 0..1.
-    Alpha is dropped, as Pillow's ``convert`` drops it; :func:`read_alpha` gives it."""
-    image = _open(path)
+def _pixels(image: Image.Image, mode: str) -> np.ndarray:
     deep = _deep_grey(image)
     if deep is not None:
         return np.repeat(deep[..., None], 3, axis=2) if mode == "RGB" else deep
     return np.asarray(image.convert(mode), dtype=np.float32) / 255.0
 
 
-def read_alpha(path: str | Path) -> np.ndarray | None:
-    """The file's alpha channel as ``H x W`` float32 in 0..1 (palette transparency included), or None."""
-    image = _open(path)
+def _alpha(image: Image.Image) -> np.ndarray | None:
     if image.mode not in ALPHA_MODES and not (image.mode in {"P", "L", "RGB"} and "transparency" in image.info):
         return None
     return np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+
+
+def read_image_array(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """An image file as ``H x W x 3`` (``mode`` "RGB") or ``H x W`` ("L", luminance) float32 in 0..1.
+    Alpha is dropped, as Pillow's ``convert`` drops it; :func:`read_alpha` gives it."""
+    return _pixels(_open(path), mode)
+
+
+def read_alpha(path: str | Path) -> np.ndarray | None:
+    """The file's alpha channel as ``H x W`` float32 in 0..1 (palette transparency included), or None."""
+    return _alpha(_open(path))
 
 
 def read_image(path: str | Path, mode: str) -> torch.Tensor:
@@ -71,6 +80,28 @@ def read_image(path: str | Path, mode: str) -> torch.Tensor:
     array = read_image_array(path, mode)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     return tensor[None, ..., None] if mode == "L" else tensor[None]
+
+
+def read_mask(path: str | Path) -> torch.Tensor:
+    """A mask file as ``[1, H, W]`` float in 0..1, 1 = edit: its luminance (white = edit, as the
+    command line documents; a colour file counts by its brightness), times its alpha where it has
+    one, so strokes painted on a transparent layer are the mask and the transparent rest is not,
+    whatever colour its hidden pixels hold. (ComfyUI's Load Image reads a *picture's* alpha the
+    other way round, MASK = 1 - alpha: there the transparent part is the hole to fill.)"""
+    image = _open(path)
+    mask, alpha = _pixels(image, "L"), _alpha(image)
+    return torch.from_numpy(np.ascontiguousarray(mask if alpha is None else mask * alpha))[None]
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as it is shown (EXIF orientation applied), from its header alone."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"Cannot read the image '{path}': {err}. Give a PNG, JPEG, WebP, TIFF or BMP file.") from err
+    return (height, width) if turned else (width, height)
 
 
 def read_rgb_uint8(path: str | Path) -> np.ndarray:

@@ -16,14 +16,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       UniPCMultistepScheduler)
+from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import preprocess as pre
 from .attention import install_reference_attention
 from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
 from .deep_cache import DeepFeatureCache, whole_steps
+from .edit_options import SAMPLERS, RegionOptions, SamplingOptions, check_sampler
 from .errors import EditInterrupted, InputError, ModelFileError
 from .files import release_mapped_pages
 from .models import MimicBrushModels
@@ -80,22 +80,10 @@ class EditResult:
     depth_map: torch.Tensor
 
 
-REGIONS = ("whole", "crop", "crop_each")
-
-
-SAMPLERS = {
-    "ddim": DDIMScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-}
-
-
 def make_scheduler(sampler: str = "ddim"):
     """DDIM exactly as the authors configure it (eta 0 is the step's default), or a fewer-step
     solver from diffusers on the same noise schedule (fast mode: not the authors' sampler)."""
-    if sampler not in SAMPLERS:
-        raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'.")
+    check_sampler(sampler)
     ddim = DDIMScheduler(**SCHEDULER_CONFIG)
     if sampler == "ddim":
         return ddim
@@ -226,23 +214,13 @@ class MimicBrushPipeline:
         posterior (repeated per region). ``callback(step, total, latents)`` runs after each step;
         ``should_stop()`` is asked before each step and ends the edit with :class:`EditInterrupted`.
         """
-        if steps < 1:
-            raise InputError(f"steps must be at least 1, got {steps}.")
-        if num_samples < 1:
-            raise InputError(f"num_samples must be at least 1, got {num_samples}.")
-        if sampler not in SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'.")
-        if reference_every < 0:
-            raise InputError(f"reference_every must be 0 (once) or more, got {reference_every}.")
-        if not 0.0 <= guided_fraction <= 1.0:
-            raise InputError(f"guided_fraction must be from 0 to 1, got {guided_fraction}.")
-        if deep_features_every < 1:
-            raise InputError(f"deep_features_every must be 1 (every step) or more, got {deep_features_every}.")
-        if region not in REGIONS:
-            raise InputError(f"region must be one of {', '.join(REGIONS)}, got '{region}'.")
         working_size = working_size or self.working_size
-        if working_size % 64 or not 64 <= working_size <= 1024:
-            raise InputError(f"The working size must be a multiple of 64 from 64 to 1024, got {working_size}.")
+        SamplingOptions(steps, guidance, seed, num_samples, working_size, sampler, reference_every, guided_fraction,
+                        deep_features_every)
+        RegionOptions(region, context, min_side)
+        if depth_map is not None and not torch.isfinite(depth_map).all():
+            raise InputError("The depth map holds NaN or infinite values: give the depth of the square-padded "
+                             "source, or leave it out to estimate it.")
         source_uint8 = pre.image_to_uint8(source, "source image")
         height, width = source_uint8.shape[:2]
         binary_mask = pre.mask_to_binary(mask, height, width)

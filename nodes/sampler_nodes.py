@@ -12,8 +12,7 @@ from .loaders import CATEGORY
 SAMPLER_CHOICES = {"ddim (exact)": "ddim", "dpmpp_2m (fast)": "dpmpp_2m", "unipc (fast)": "unipc",
                    "euler (fast)": "euler"}
 REGION_CHOICES = {"crop around mask": "crop", "crop each region": "crop_each", "whole image (authors)": "whole"}
-
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = 0xFFFFFFFFFFFFFFFF  # mimic_core.edit_options.MAX_SEED, repeated so that loading the pack imports no diffusers
 
 
 class MimicBrushSampler:
@@ -85,8 +84,16 @@ class MimicBrushSampler:
 
     def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, region, working_size,
                context, sampler, reference_every, guided_fraction=1.0, deep_features_every=1, shape_depth=None):
+        from ..mimic_core.edit_options import OptionError, RegionOptions, SamplingOptions
         from ..mimic_core.errors import InputError
+        from ..mimic_core.preprocess import image_to_uint8, mask_to_binary
 
+        try:
+            sampling = SamplingOptions(steps, guidance, seed, batch_size, working_size, SAMPLER_CHOICES[sampler],
+                                       reference_every, guided_fraction, deep_features_every)
+            regions = RegionOptions(REGION_CHOICES[region], context)
+        except OptionError as err:
+            raise err.spelled({"num_samples": "batch_size"}) from None
         masks = mask if mask.ndim == 3 else mask.unsqueeze(0)
         count = max(source.shape[0], masks.shape[0])
         if not reference.items:
@@ -96,6 +103,11 @@ class MimicBrushSampler:
             other = next(size for size in shape_depth.sizes if size != (height, width))
             raise InputError(f"The shape depth was made from a {other[1]}x{other[0]} image but the source is "
                              f"{width}x{height}: feed the depth node the same source image.")
+        # every source and mask checked (each mask resized to its source, warned once) before the models load
+        for index in range(source.shape[0]):
+            image_to_uint8(source[index], "source image")
+        edit_masks = [torch.from_numpy(mask_to_binary(masks[index % masks.shape[0]], height, width)).float()
+                      for index in range(count)]
 
         StepProgress.check_cancel()
         pipeline = mimicbrush.ready()
@@ -103,14 +115,15 @@ class MimicBrushSampler:
         images, latents = [], []
         for index in range(count):
             result = pipeline.edit(
-                source[index % source.shape[0]], masks[index % masks.shape[0]],
+                source[index % source.shape[0]], edit_masks[index],
                 reference.items[index % len(reference.items)],
                 keep_shape=shape_depth is not None,
                 depth_map=shape_depth.maps[index % len(shape_depth.maps)] if shape_depth is not None else None,
-                steps=steps, guidance=guidance, seed=seed, num_samples=batch_size, region=REGION_CHOICES[region],
-                working_size=working_size, context=context, sampler=SAMPLER_CHOICES[sampler],
-                reference_every=reference_every, guided_fraction=guided_fraction,
-                deep_features_every=deep_features_every, callback=progress,
+                steps=sampling.steps, guidance=sampling.guidance, seed=sampling.seed,
+                num_samples=sampling.num_samples, region=regions.region, working_size=sampling.working_size,
+                context=regions.context, sampler=sampling.sampler, reference_every=sampling.reference_every,
+                guided_fraction=sampling.guided_fraction, deep_features_every=sampling.deep_features_every,
+                callback=progress,
             )
             images.append(result.images)
             latents.append(result.latents.to("cpu", torch.float32) / pipeline.scaling_factor)

@@ -101,9 +101,10 @@ def test_several_islands_give_one_crop_each():
     assert all(plan_crop(part).side < plan_crop(mask).side for part in parts)
 
 
-def test_bad_crop_options():
-    with pytest.raises(InputError, match="at least 1"):
-        plan_crop(np.ones((4, 4), np.uint8), context=0.5)
+@pytest.mark.parametrize("context", [0.5, float("nan"), float("inf")])
+def test_bad_crop_options(context):
+    with pytest.raises(InputError, match="context must be a finite number of 1 or more"):
+        plan_crop(np.ones((4, 4), np.uint8), context=context)
     with pytest.raises(InputError, match="empty"):
         plan_crop(np.zeros((4, 4), np.uint8))
     assert cut(np.zeros((2, 3), np.uint8), CropBox(-1, -1, 5), 7).shape == (5, 5)

@@ -59,7 +59,7 @@ def test_deep_blocks_run_only_on_full_steps(tiny_pipeline, inputs):
         assert len(mid_block_runs) == 4  # steps 1, 3, 5 and 4: the first unguided step has no kept features
     finally:
         hook.remove()
-    with pytest.raises(InputError, match="deep_features_every must be 1"):
+    with pytest.raises(InputError, match="deep_features_every must be at least 1"):
         tiny_pipeline.edit(*inputs, steps=1, deep_features_every=0)
 
 

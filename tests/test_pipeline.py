@@ -167,7 +167,7 @@ def test_guiding_only_the_first_steps_changes_only_the_later_steps(tiny_pipeline
     unguided, _ = steps_of(guidance=1.0)
     never, _ = steps_of(guided_fraction=0.0)
     assert torch.equal(unguided.latents, never.latents)
-    with pytest.raises(InputError, match="guided_fraction must be from 0 to 1"):
+    with pytest.raises(InputError, match="guided_fraction must be a finite number from 0 to 1"):
         tiny_pipeline.edit(*inputs, steps=1, guided_fraction=1.5)
 
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..image_files import read_image
+from ..image_files import image_size, read_image, read_mask as read_mask_file
 from ..crop import mask_bounds
 from ..errors import InputError
 from ..preprocess import image_to_uint8
@@ -81,7 +80,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """A mask file as ``H x W`` bool, binarised at half range like the engine does."""
-    return read_image(str(path), "L")[0, ..., 0].numpy() > 0.5
+    return read_mask_file(path)[0].numpy() > 0.5
 
 
 def load_case_images(case: Case) -> CaseImages:
@@ -163,15 +162,6 @@ def _parse_case(entry, index: int, folder: Path, problems: list[str]) -> Case | 
         return None
     return Case(entry["id"], entry["track"], entry["pairing"], paths["source"], paths["source_mask"],
                 paths["reference"], paths.get("reference_mask"), entry.get("text"), entry.get("category"))
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as err:
-        raise InputError(f"Cannot read the image '{path}': {err}") from err
 
 
 def _check_images(case: Case, problems: list[str]) -> None:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.comfy_host import CHECKPOINT, NODE_TYPES, TEST_STEPS, error_message, for_tiny_host, run_prompt
+from tests.bad_inputs import CASES, NODE, BadInput
 from tests.support import REPO
 
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -127,6 +128,28 @@ def test_a_missing_or_broken_model_file_is_an_execution_error_naming_the_fix(com
         gone.unlink()
         broken.unlink()
     _assert_next_prompt_succeeds(comfy_host, 103)
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.given) for case in CASES if case.surface == NODE])
+def test_a_bad_node_input_is_refused_before_the_sampler_runs_with_the_fix(comfy_host, case: BadInput):
+    """A widget value the frontend would not allow, sent in an API prompt: refused by ComfyUI's own
+    validation (its range checks) or by the node before it loads the model to the device or samples."""
+    prompt = _base_prompt()
+    for target, value in case.change.items():
+        class_type, name = target.split(".")
+        node = next(node for node in prompt.values() if node["class_type"] == class_type)
+        node["inputs"][name] = value
+    try:
+        entry = run_prompt(comfy_host, prompt)
+    except ValueError as refused:  # ComfyUI's validation, before anything runs
+        assert case.answer in str(refused), str(refused)
+        return
+    assert entry["status"]["status_str"] == "error"
+    assert case.answer in error_message(entry) and "InputError" in error_message(entry), error_message(entry)
+
+
+def test_the_server_edits_after_every_bad_input(comfy_host):
+    _assert_next_prompt_succeeds(comfy_host, 104)
 
 
 def test_interrupt_ends_sampling_within_one_step(comfy_host):

@@ -1,0 +1,112 @@
+"""The rules an edit's settings must follow, in one place for the engine, the nodes and the commands.
+
+Each concern is a frozen dataclass that checks itself when made: :class:`SamplingOptions` (how
+the model samples) and :class:`RegionOptions` (what part of the image it works on).
+:meth:`MimicBrushPipeline.edit <mimic_core.pipeline.MimicBrushPipeline.edit>` makes both before
+any work, and the commands make them from their options before any model loads, so a bad value
+is refused in seconds with the same words everywhere. A refusal is an :class:`OptionError` that
+knows which setting it is about, so each caller names it as its user knows it (``steps`` in
+Python, ``--steps`` on the command line).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Mapping
+
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       UniPCMultistepScheduler)
+
+from .errors import InputError
+
+SAMPLERS = {
+    "ddim": DDIMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+REGIONS = ("whole", "crop", "crop_each")
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+"""ComfyUI's seed widget range (0 to 2**64 - 1), which torch's generator takes whole."""
+WORKING_SIZES = range(64, 1024 + 1, 64)
+
+
+class OptionError(InputError):
+    """One setting cannot be used: ``option`` is its Python name, ``problem`` the rest of the sentence."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+    def spelled(self, names: Mapping[str, str]) -> InputError:
+        """The same refusal naming the setting as ``names`` spells it (e.g. a command's option)."""
+        return InputError(f"{names.get(self.option, self.option)} {self.problem}")
+
+
+def check_whole(option: str, value, low: int, meaning: str = "") -> None:
+    """``value`` a whole number of at least ``low``; ``meaning`` explains the lowest value."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise OptionError(option, f"must be a whole number, got {value!r}.")
+    if value < low:
+        raise OptionError(option, f"must be at least {low}{meaning}, got {value}.")
+
+
+def _number(option: str, value, wanted: str, low: float, high: float = math.inf) -> None:
+    """``value`` a finite number in ``[low, high]``; ``wanted`` says so in words (and what it means)."""
+    if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
+            or not low <= value <= high):
+        raise OptionError(option, f"must be a finite number {wanted}, got {value!r}.")
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise OptionError("sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}.")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How an edit samples. The defaults of :meth:`MimicBrushPipeline.edit` are the authors' sampling."""
+
+    steps: int
+    guidance: float
+    seed: int = 0
+    num_samples: int = 1
+    working_size: int = 512
+    sampler: str = "ddim"
+    reference_every: int = 1
+    guided_fraction: float = 1.0
+    deep_features_every: int = 1
+
+    def __post_init__(self):
+        check_whole("steps", self.steps, 1)
+        _number("guidance", self.guidance, "of 0 or more (5 is the authors'; any value up to 1 turns classifier-free "
+                                           "guidance off: the conditional branch alone, at half the cost)", 0.0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or not 0 <= self.seed <= MAX_SEED:
+            raise OptionError("seed", f"must be a whole number from 0 to {MAX_SEED} (ComfyUI's seed range), "
+                                      f"got {self.seed!r}.")
+        check_whole("num_samples", self.num_samples, 1)
+        if isinstance(self.working_size, bool) or self.working_size not in WORKING_SIZES:
+            raise OptionError("working_size", f"must be a multiple of 64 from {WORKING_SIZES[0]} to "
+                                              f"{WORKING_SIZES[-1]}, got {self.working_size!r}.")
+        check_sampler(self.sampler)
+        check_whole("reference_every", self.reference_every, 0, " (0: reference features computed once)")
+        _number("guided_fraction", self.guided_fraction, "from 0 to 1 (the share of the steps with guidance)", 0.0, 1.0)
+        check_whole("deep_features_every", self.deep_features_every, 1, " (1: the whole U-Net at every step)")
+
+
+@dataclass(frozen=True)
+class RegionOptions:
+    """What an edit works on: the whole padded image, or crops ``context`` times the mask's extent
+    and at least ``min_side`` source pixels a side."""
+
+    region: str = "whole"
+    context: float = 2.0
+    min_side: int = 256
+
+    def __post_init__(self):
+        if self.region not in REGIONS:
+            raise OptionError("region", f"must be one of {', '.join(REGIONS)}, got {self.region!r}.")
+        _number("context", self.context, "of 1 or more (the crop's side in multiples of the mask's extent)", 1.0)
+        check_whole("min_side", self.min_side, 1)
