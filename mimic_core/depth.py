@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+from transformers.utils import logging as transformers_logging
 
 from .errors import InputError, ModelFileError
 from .files import load_state_dict_file, read_json
@@ -106,6 +108,19 @@ def load_depth_model(
     return model
 
 
+@contextmanager
+def _without_progress_bar():
+    """transformers draws a "Loading weights" bar over a load that takes a blink: nothing to act on.
+    Turned off for the load only; the user's own setting is restored after it."""
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def _load_hf_folder(folder: Path, dtype: torch.dtype) -> DepthAnythingForDepthEstimation:
     """``from_pretrained`` on a local folder, offline, safetensors only, every key accounted for."""
     config_file = folder / "config.json"
@@ -128,13 +143,14 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype) -> DepthAnythingForDepthEs
             f"{_WHERE_TO_GET}"
         )
     try:
-        model, info = DepthAnythingForDepthEstimation.from_pretrained(
-            str(folder),
-            local_files_only=True,
-            use_safetensors=True,
-            dtype=dtype,
-            output_loading_info=True,
-        )
+        with _without_progress_bar():
+            model, info = DepthAnythingForDepthEstimation.from_pretrained(
+                str(folder),
+                local_files_only=True,
+                use_safetensors=True,
+                dtype=dtype,
+                output_loading_info=True,
+            )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
         raise ModelFileError(
             f"'{folder}' could not be loaded as a transformers Depth Anything model "

@@ -4,6 +4,9 @@ cancel."""
 
 from __future__ import annotations
 
+import inspect
+import itertools
+
 import torch
 
 import comfy.latent_formats
@@ -11,6 +14,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import latent_preview
+
+from ..mimic_core.errors import MimicBrushError
 
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 
@@ -50,9 +55,44 @@ def make_patcher(modules: dict[str, torch.nn.Module], dtype: torch.dtype):
     return comfy.model_patcher.ModelPatcher(managed, load_device=mm.get_torch_device(), offload_device=offload)
 
 
+class DeviceMemoryError(MimicBrushError, torch.OutOfMemoryError):
+    """The compute device cannot hold the networks whole. Still an out-of-memory error, so that
+    ComfyUI unloads its models after the failed run as it does for any other."""
+
+
 def load_to_device(patcher) -> None:
-    """Ask ComfyUI for room and put the modules on its compute device; others are evicted only as needed."""
-    mm.load_models_gpu([patcher])
+    """Put every parameter and buffer of the patcher's modules on ComfyUI's compute device.
+
+    ComfyUI evicts other models only as needed. Its partial loading (a GPU short of memory) keeps
+    on the CPU what does not fit of modules without its cast-weights layers, which is all of ours:
+    a step would then mix devices. So the load is whole: ``force_full_load`` where the host has it
+    (0.3.75 frees room first, then moves everything); the 2024 host's low-VRAM path moves only
+    modules that have a ``weight``, and the rest (CLIP's class embedding, buffers) follows here.
+    """
+    whole = {"force_full_load": True} if "force_full_load" in inspect.signature(mm.load_models_gpu).parameters else {}
+    device = patcher.load_device
+    try:
+        mm.load_models_gpu([patcher], **whole)
+        if off_device(patcher.model, device):
+            patcher.model.to(device)
+    except torch.OutOfMemoryError as error:
+        raise DeviceMemoryError(
+            f"MimicBrush needs its {patcher.model_size() / 2**20:.0f} MB of {patcher.model.get_dtype()} weights "
+            f"whole on {device} (its networks cannot run partly offloaded), and they did not fit even after "
+            "ComfyUI unloaded its other models. Choose precision fp16 in the MimicBrush and Depth Anything loaders "
+            "(half the memory), close other programs that use the GPU, or start ComfyUI with --cpu (slow)."
+        ) from error
+
+
+def off_device(module: torch.nn.Module, device: torch.device) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that are not on ``device``."""
+    tensors = itertools.chain(module.named_parameters(), module.named_buffers())
+    return [name for name, tensor in tensors if not _same_device(tensor.device, device)]
+
+
+def _same_device(actual: torch.device, wanted: torch.device) -> bool:
+    wanted = torch.device(wanted)
+    return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)
 
 
 class StepProgress:

@@ -83,6 +83,14 @@ def test_a_good_command_loads_the_models_and_writes_its_picture(files, capsys, c
         assert edited.size == source.size
 
 
+def test_a_mask_at_another_resolution_is_resized_with_one_warning(files, capsys, caplog):
+    with Image.open(EXAMPLES_DIR / "mask.png") as mask:
+        mask.resize((mask.width * 2, mask.height * 2), Image.Resampling.NEAREST).save(files["folder"] + "/big.png")
+    status, _ = run_command(edit_arguments(files, {"--mask": "{folder}/big.png"}), capsys, caplog)
+    assert status == 0
+    assert caplog.text.count("resizing the mask") == 1, caplog.text
+
+
 @pytest.mark.parametrize("case", cases_of(CLI))
 def test_a_bad_command_is_refused_in_one_line_before_any_model_loads(case: BadInput, files, capsys, caplog):
     if case.change.get("--device") == "cuda" and torch.cuda.is_available():
