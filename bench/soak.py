@@ -1,22 +1,27 @@
-"""Soak a running ComfyUI server with MimicBrush edits: every prompt must succeed, resident memory
-must stay flat after warm-up, and the same seed must give the same bytes.
+"""Soak ComfyUI hosts with MimicBrush edits: every prompt must succeed, the same seed must give the
+same bytes, and resident memory must stay flat after warm-up (goal: under 5% growth from the
+5th edit to the last).
 
-    python bench/soak.py --url http://127.0.0.1:8199 --pid PID --edits 100 [--steps 50] [--tiny]
+    python bench/soak.py --host .ci-work/comfy2024 --host .ci-work/comfy0375 [--edits 50]
+                         [--workflow demo] [--steps N]
 
-The server needs this pack and the models the shipped part-composition workflow names (``--tiny``
-points it at the fixture names the tests use); the example pictures come with the pack.
-The tests run a short version of the same function.
+Each ``--host`` is a folder made by ``../shared/comfyui-host/install.sh``; the script starts its
+server with this pack, runs the edits through its HTTP API, stops it, and prints one row a host.
+The shipped demo workflow (the default) needs nothing but the pack: its model and pictures come
+with it; another shipped workflow runs on the golden fixture's tiny models, placed in the host's
+model folders as the end-to-end tests place them. The tests run a short soak with the same function.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import socket
 import sys
 from pathlib import Path
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "mimicbrush_part_composition.json"
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows" / "api"
 WARM_UP = 5  # edits before memory settles (allocator pools, first-use caches)
 
 
@@ -24,14 +29,12 @@ def _run(client, prompt: dict) -> dict:
     return client.wait(client.queue(prompt), limit_s=1800)
 
 
-def soak(client, resident_memory_kib, adapt=lambda prompt, steps: prompt, edits: int = 100, steps: int = 50) -> dict:
-    """Queue ``edits`` edits alternating two seeds; return a report (failures, memory growth, reproducibility).
-
-    ``adapt(prompt, steps)`` points the shipped workflow at the server's models; outputs of equal
-    seeds are compared byte for byte. ComfyUI caches unchanged nodes, so alternating seeds makes
-    every edit really run.
+def soak(client, resident_memory_kib, prompt: dict, edits: int = 50) -> dict:
+    """Queue ``edits`` copies of ``prompt`` alternating two seeds; return a report (failures, memory
+    growth, reproducibility). Outputs of equal seeds are compared byte for byte. ComfyUI caches
+    unchanged nodes, so alternating seeds makes every edit really run.
     """
-    base = adapt(json.loads(WORKFLOW.read_text()), steps)
+    base = json.loads(json.dumps(prompt))
     sampler = next(nid for nid, node in base.items() if node["class_type"] == "MimicBrushSampler")
     save = next(nid for nid, node in base.items() if node["class_type"] == "SaveImage")
     failures, outputs, rss = 0, {}, []
@@ -61,33 +64,52 @@ def soak(client, resident_memory_kib, adapt=lambda prompt, steps: prompt, edits:
     }
 
 
-def _rss_of(pid: int):
-    def read() -> int:
-        status = Path(f"/proc/{pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
-    return read
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def soak_host(root: Path, workflow: str, edits: int, steps: int | None) -> dict:
+    """Start the host's server with this pack, soak it with the shipped ``workflow``, stop it."""
+    from tests.e2e.comfy_host import ComfyHost, for_tiny_host, place_fixture_models
+
+    prompt = json.loads((WORKFLOWS / f"mimicbrush_{workflow}.json").read_text())
+    if workflow != "demo":
+        prompt = for_tiny_host(prompt)
+    if steps is not None:
+        for node in prompt.values():
+            if node["class_type"] == "MimicBrushSampler":
+                node["inputs"]["steps"] = steps
+    host = ComfyHost(root.resolve(), _free_port())
+    if workflow != "demo":
+        place_fixture_models(host.comfy)
+    host.start()
+    try:
+        return {"host": f"ComfyUI {host.version}", **soak(host.client, host.resident_memory_kib, prompt, edits)}
+    finally:
+        host.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8199")
-    parser.add_argument("--pid", type=int, required=True, help="the server's process id (for its memory)")
-    parser.add_argument("--edits", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--host-scripts", default=str(Path(__file__).resolve().parents[2] / "shared" / "comfyui-host"),
-                        help="folder of the ComfyUI host's client.py")
-    parser.add_argument("--tiny", action="store_true", help="use the fixture model names of the tests")
+    parser.add_argument("--host", action="append", required=True, type=Path, help="a host folder (repeatable)")
+    parser.add_argument("--edits", type=int, default=50)
+    parser.add_argument("--workflow", default="demo", choices=sorted(p.stem.removeprefix("mimicbrush_")
+                                                                      for p in WORKFLOWS.glob("mimicbrush_*.json")))
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the workflow's own)")
     args = parser.parse_args()
-    sys.path.insert(0, args.host_scripts)
-    from client import ComfyClient
-
-    adapt = lambda prompt, steps: prompt  # noqa: E731
-    if args.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.e2e.comfy_host import for_tiny_host as adapt
-    report = soak(ComfyClient(args.url), _rss_of(args.pid), adapt, args.edits, args.steps)
-    print(json.dumps(report, indent=2))
-    return 0 if report["failures"] == 0 and report["same_seed_same_bytes"] and report["rss_growth"] < 0.05 else 1
+    if args.edits <= WARM_UP:
+        parser.error(f"--edits must be more than {WARM_UP}: memory is measured after the warm-up edits")
+    sys.path.insert(0, str(REPO))
+    reports = [soak_host(root, args.workflow, args.edits, args.steps) for root in args.host]
+    print("| host | edits | failures | same seed, same bytes | RSS after warm-up, MiB | RSS peak later, MiB "
+          "| growth |\n|---|---|---|---|---|---|---|")
+    for r in reports:
+        print(f"| {r['host']} | {r['edits']} | {r['failures']} | {'yes' if r['same_seed_same_bytes'] else 'NO'} "
+              f"| {r['rss_warm_up_peak_mib']} | {r['rss_later_peak_mib']} | {100 * r['rss_growth']:.1f}% |")
+    good = all(r["failures"] == 0 and r["same_seed_same_bytes"] and r["rss_growth"] < 0.05 for r in reports)
+    return 0 if good else 1
 
 
 if __name__ == "__main__":

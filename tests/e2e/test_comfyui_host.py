@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.comfy_host import CHECKPOINT, NODE_TYPES, TEST_STEPS, error_message, for_tiny_host, run_prompt
+from tests.e2e.comfy_host import CHECKPOINT, NODE_TYPES, error_message, for_tiny_host, run_prompt
 from tests.bad_inputs import CASES, NODE, BadInput
 from tests.support import REPO
 
@@ -190,7 +190,7 @@ async def _interrupt_after(comfy_host, prompt: dict, steps_before: int) -> list[
 def test_repeated_edits_succeed_reproduce_and_do_not_grow_memory(comfy_host):
     from bench.soak import soak
 
-    report = soak(comfy_host.client, comfy_host.resident_memory_kib, for_tiny_host, edits=10, steps=TEST_STEPS)
+    report = soak(comfy_host.client, comfy_host.resident_memory_kib, _base_prompt(), edits=10)
     print(report)
     assert report["failures"] == 0
     assert report["same_seed_same_bytes"]
