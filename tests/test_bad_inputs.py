@@ -104,6 +104,18 @@ def test_a_bad_command_is_refused_in_one_line_before_any_model_loads(case: BadIn
     assert sorted(Path(files["folder"]).iterdir()) == before, "a refused command wrote or removed a file"
 
 
+@pytest.mark.parametrize("option, value, answer", [
+    ("--guidance", "inf", "--guidance must be a finite number of 0 or more"),
+    ("--device", "cuda:x", "--device 'cuda:x' is not a device"),
+])
+def test_evaluate_checks_the_same_options_before_it_reads_the_benchmark(tmp_path, capsys, caplog, option, value,
+                                                                        answer):
+    status, lines = run_command(["evaluate", "--benchmark", str(tmp_path / "missing"), "--out", str(tmp_path / "out"),
+                                 option, value], capsys, caplog)
+    assert status == 2 and answer in lines[-1], lines
+    assert not (tmp_path / "out").exists()
+
+
 # --- the engine ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..command_options import resolve_device_dtype
+from ..command_options import check_device, resolve_device_dtype, sampling_options
 from ..errors import InputError, ModelFileError
 from ..model_files import find_model_files
 from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -70,7 +70,7 @@ def find_results(folder: Path, cases: list[Case]) -> dict[str, Path]:
 
 def _device(requested: str, state) -> torch.device:
     if requested != "auto":
-        return torch.device(requested)
+        return check_device(requested)
     if state is not None:
         return state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,14 +95,12 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
         return
     files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     dtype = resolve_device_dtype(device.type, args.dtype)[1]
-    working_size = args.working_size or WORKING_SIZE
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
-    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
-    settings = EditSettings.describe(files, args.config_dir, dtype, steps=steps, guidance=guidance,
-                                     seed=args.seed, region=args.region, working_size=working_size,
-                                     sampler=args.sampler, reference_every=args.reference_every,
-                                     guided_fraction=args.guided_fraction,
-                                     deep_features_every=args.deep_features_every)
+    sampling = sampling_options(args, DEFAULT_STEPS, DEFAULT_GUIDANCE, WORKING_SIZE)
+    settings = EditSettings.describe(files, args.config_dir, dtype, steps=sampling.steps, guidance=sampling.guidance,
+                                     seed=sampling.seed, region=args.region, working_size=sampling.working_size,
+                                     sampler=sampling.sampler, reference_every=sampling.reference_every,
+                                     guided_fraction=sampling.guided_fraction,
+                                     deep_features_every=sampling.deep_features_every)
     todo = cases_to_edit(shard, folder, settings, args.overwrite)
     logger.info("%d of this run's %d cases to edit (%d in the benchmark)", len(todo), len(shard), len(benchmark.cases))
     if not todo:
@@ -113,7 +111,7 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
-    edit_cases(todo, folder, settings, MimicBrushPipeline(models, working_size=working_size))
+    edit_cases(todo, folder, settings, MimicBrushPipeline(models, working_size=sampling.working_size))
 
 
 def _score(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFolder, results: dict[str, Path],
@@ -133,6 +131,9 @@ def _score(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFolder,
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    sampling_options(args, DEFAULT_STEPS, DEFAULT_GUIDANCE, WORKING_SIZE)  # a bad option costs a second, not a load
+    if args.device != "auto":
+        check_device(args.device)
     benchmark = load_benchmark(args.benchmark)
     _check_metric_paths(args)
     folder = OutputFolder(args.out)
