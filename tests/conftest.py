@@ -1,7 +1,14 @@
-"""Shared test fixtures: the golden fixture (read in place) and the tiny models, loaded once."""
+"""Shared test fixtures: the golden fixture (read in place) and the tiny models, loaded once.
+
+Two switches for CI, which runs the suite twice on one commit (at the door with nothing beside
+the clone, then with everything): ``MIMICBRUSH_RECORD_PASSED=FILE`` writes the id of every test
+that passed to FILE, and ``MIMICBRUSH_ALREADY_PASSED=FILE`` leaves those tests out of the second
+run (reported as deselected), so that each test runs once and the two runs together are the suite.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +16,22 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.support import as_image_tensor, read_png, require_fixture
+
+RECORD_PASSED_ENV, ALREADY_PASSED_ENV = "MIMICBRUSH_RECORD_PASSED", "MIMICBRUSH_ALREADY_PASSED"
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get(RECORD_PASSED_ENV) and report.when == "call" and report.passed:
+        with open(os.environ[RECORD_PASSED_ENV], "a") as record:
+            record.write(report.nodeid + "\n")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get(ALREADY_PASSED_ENV):
+        return
+    passed = set(Path(os.environ[ALREADY_PASSED_ENV]).read_text().splitlines())
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid in passed])
+    items[:] = [item for item in items if item.nodeid not in passed]
 
 
 @pytest.fixture(scope="session")
