@@ -94,7 +94,8 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
                 "another aspect ratio: it was not drawn on this image. Use a mask made from this image "
                 "(or resize it to the image's size first)."
             )
-        logger.warning("Mask is %dx%d but the source is %dx%d; resizing the mask (nearest) to the source.",
+        logger.warning("Mask is %dx%d but the source is %dx%d; resizing the mask (nearest) to the source. Make "
+                       "the mask at the source's size to keep its exact edges.",
                        mask.shape[1], mask.shape[0], width, height)
         mask = torch.nn.functional.interpolate(mask[None, None], size=(height, width), mode="nearest")[0, 0]
     binary = (mask > 0.5).to(torch.uint8).numpy()
