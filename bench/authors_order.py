@@ -104,13 +104,13 @@ class AuthorsOrderPipeline(MimicBrushPipeline):
             depth = depth_model(pixel_values=depth_input_from_image(padded)).predicted_depth
         return depth.detach()
 
-    def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature, encoded, steps,
-                 guidance, callback, should_stop, sampler="ddim", reference_every=1, guided_fraction=1.0,
-                 deep_features_every=1):
+    def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature, encoded, sampling,
+                 callback=None, should_stop=None, source_latents=None):
         """Their loop guides every step: the bench only ever runs it with the exact defaults."""
         models = self.models
-        scheduler = make_scheduler(sampler)
-        scheduler.set_timesteps(steps, device=models.device)
+        guidance = sampling.guidance
+        scheduler = make_scheduler(sampling.sampler)
+        scheduler.set_timesteps(sampling.steps, device=models.device)
         samples = noise.shape[0]
         context = torch.cat([encoded.embeds_uncond.expand(samples, -1, -1), encoded.embeds_cond.expand(samples, -1, -1)])
         conditioning = torch.cat([latent_mask, masked_latents, depth_feature], dim=1).expand(2 * samples, -1, -1, -1)

@@ -10,7 +10,9 @@ unconditional ones) the self-attention becomes
     0.5 * Attn(Q=x, KV=[x ; r]) + 0.5 * Attn(Q=x, KV=x)
 
 with ``x`` the block's own ``norm1`` output and ``r`` the recorded reference tokens; the other
-rows get plain self-attention, so the reference never reaches the unconditional branch. This is
+rows get plain self-attention, so the reference never reaches the unconditional branch. A
+reference strength s other than 1 adds log(s) to the logits of the ``r`` keys (0 leaves them out).
+Several references, and the tokens a reference mask keeps, are joined into one ``r``. This is
 the authors' function, computed with queries over the image tokens only (they attend with all
 2N tokens as queries and drop half the rows) and with each projection computed once.
 
@@ -27,6 +29,8 @@ same function, with each context's keys and values projected once instead of at 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +53,31 @@ class ReferenceBank:
         self.features: dict[str, torch.Tensor] = {}
         self.conditional_rows = 0
         self.final_block = final_block
+        self.reference_strength = 1.0
+        """The reference keys' weight: ``log(strength)`` is added to their attention logits."""
 
     def clear(self) -> None:
         self.features.clear()
         self.conditional_rows = 0
+        self.reference_strength = 1.0
+
+
+def joined_reference_tokens(features: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The recorded tokens of R references (``[R, T, C]``) as one row ``[1, K, C]`` of reference keys.
+
+    ``keep`` (``[R, 1, h, w]``, 0/1 on the latent grid, or None) says where on each reference to
+    imitate: at this level's resolution (the block's T tokens are a square grid) a token is kept
+    when its area holds any of it, so a small mask keeps at least one token at every level.
+    """
+    count, tokens, width = features.shape
+    if keep is not None:
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise MimicBrushError(f"A reference mask needs square feature grids; this block has {tokens} tokens.")
+        kept = F.adaptive_max_pool2d(keep.to(features.device, torch.float32), side).reshape(count, tokens) > 0
+        if not bool(kept.all()):
+            return features[kept].unsqueeze(0)
+    return features if count == 1 else features.reshape(1, count * tokens, width)
 
 
 def reference_block_names(unet: UNet2DConditionModel) -> list[str]:
@@ -182,7 +207,7 @@ class ReferenceReadProcessor:
                  attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
         _check_plain_self_attention(attn, encoder_hidden_states, attention_mask, hidden_states)
         conditional = self.bank.conditional_rows
-        if conditional == 0:
+        if conditional == 0 or self.bank.reference_strength == 0:
             return _plain_attention(attn, hidden_states)
         reference = self.bank.features.get(self.name)
         batch = hidden_states.shape[0]
@@ -200,18 +225,31 @@ class ReferenceReadProcessor:
         reference = reference.to(hidden_states.dtype)
         ref_key = _heads_view(attn, attn.to_k(reference)).expand(conditional, -1, -1, -1)
         ref_value = _heads_view(attn, attn.to_v(reference)).expand(conditional, -1, -1, -1)
+        strength = self.bank.reference_strength
         if _merge_by_log_sum_exp(query, ref_key):
             plain, plain_lse = _attention_with_lse(query, key, value)
             on_reference, reference_lse = _attention_with_lse(query[first:], ref_key, ref_value)
+            if strength != 1.0:
+                reference_lse = reference_lse + math.log(strength)
             weight = torch.sigmoid(plain_lse[first:] - reference_lse).unsqueeze(-1).to(on_reference.dtype)
             with_reference = torch.lerp(on_reference, plain[first:], weight)
         else:
             plain = F.scaled_dot_product_attention(query, key, value)
             with_reference = F.scaled_dot_product_attention(
-                query[first:], torch.cat([key[first:], ref_key], dim=2), torch.cat([value[first:], ref_value], dim=2))
+                query[first:], torch.cat([key[first:], ref_key], dim=2), torch.cat([value[first:], ref_value], dim=2),
+                attn_mask=_reference_key_bias(key.shape[2], ref_key.shape[2], strength, query))
         # to_out[0] is affine, so the half-and-half mix can be taken before it: one projection per row
         conditional_mix = 0.5 * (with_reference + plain[first:])
         return _output(attn, _merge_heads(torch.cat([plain[:first], conditional_mix], dim=0)))
+
+
+def _reference_key_bias(own: int, references: int, strength: float, query: torch.Tensor) -> torch.Tensor | None:
+    """The logit bias over ``[own keys ; reference keys]``: 0, then log(strength) (None at strength 1)."""
+    if strength == 1.0:
+        return None
+    bias = torch.zeros(1, own + references, device=query.device, dtype=query.dtype)
+    bias[:, own:] = math.log(strength)
+    return bias
 
 
 def _merge_by_log_sum_exp(query: torch.Tensor, ref_key: torch.Tensor) -> bool:
@@ -240,13 +278,18 @@ class ReferenceAttentionHandle:
         reference_unet.set_attn_processor(self._with(reference_unet, ReferenceWriteProcessor))
         imitative_unet.set_attn_processor(self._with(imitative_unet, ReferenceReadProcessor))
 
-    def record(self, reference_latents: torch.Tensor, timestep, context: torch.Tensor) -> None:
-        """Run the reference U-Net up to its last recorded block, filling the bank."""
+    def record(self, reference_latents: torch.Tensor, timestep, context: torch.Tensor,
+               keep: torch.Tensor | None = None) -> None:
+        """Run the reference U-Net up to its last recorded block, filling the bank: on R references
+        (``[R, 4, h, w]`` latents, each with its own ``context`` row), whose tokens are joined into
+        one row of reference keys, those outside ``keep`` left out (:func:`joined_reference_tokens`)."""
         self.bank.features.clear()
         try:
             self.reference_unet(reference_latents, timestep, encoder_hidden_states=context)
         except ReferenceFeaturesComplete:
             pass
+        for name, features in self.bank.features.items():
+            self.bank.features[name] = joined_reference_tokens(features, keep)
 
     def _with(self, unet: UNet2DConditionModel, kind) -> dict:
         processors = {name: ContextAttentionProcessor() for name in self._saved[unet]}

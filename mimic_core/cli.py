@@ -15,14 +15,16 @@ from pathlib import Path
 import torch
 
 from .checkpoint import convert_checkpoint
-from .command_options import CONFIG_DIR_ENV, add_model_options, resolve_device_dtype, sampling_options
+from .command_options import (CONFIG_DIR_ENV, add_model_options, region_options, resolve_device_dtype,
+                              sampling_options)
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
 from .image_files import read_image, read_mask
 from .model_files import find_model_files
 from .models import load_models
 from .output_images import check_output_path, write_images
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, MimicBrushPipeline
+from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .pipeline import MimicBrushPipeline
 from .preprocess import WORKING_SIZE, image_to_uint8, mask_to_binary
 from .training.command import add_command as add_train_command
 
@@ -45,13 +47,21 @@ def _edit(args: argparse.Namespace) -> int:
     else:
         defaults = DEFAULT_STEPS, DEFAULT_GUIDANCE, WORKING_SIZE
     sampling = sampling_options(args, *defaults, num_samples=args.samples)
+    regions = region_options(args)
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     outputs = _output_paths(args)
-    inputs = [Path(p) for p in (args.source, args.mask, args.reference)]
+    reference_masks = args.reference_mask or []
+    if reference_masks and len(reference_masks) != len(args.reference):
+        raise InputError(f"{len(reference_masks)} --reference-mask for {len(args.reference)} --reference: give one "
+                         "reference mask per reference, in the same order, or none.")
+    inputs = [Path(p) for p in (args.source, args.mask, *args.reference, *reference_masks)]
     image_format = [check_output_path(path, inputs, args.overwrite) for path in outputs][0]
-    source, reference = read_image(args.source, "RGB"), read_image(args.reference, "RGB")
-    # the mask at the source's size, checked (and resized, with its one warning) before loading gigabytes
+    source = read_image(args.source, "RGB")
+    references = [read_image(path, "RGB") for path in args.reference]
+    # every mask at its image's size, checked (and resized, with its one warning) before loading gigabytes
     mask = torch.from_numpy(mask_to_binary(read_mask(args.mask), *source.shape[1:3])).float()
+    masks = [torch.from_numpy(mask_to_binary(read_mask(path), *reference.shape[1:3], of="reference")).float()
+             for path, reference in zip(reference_masks, references)] or None
     if demo:
         logger.warning(DEMO_NOTICE)
         files = demo_model_files()
@@ -61,11 +71,9 @@ def _edit(args: argparse.Namespace) -> int:
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, release_encoders=True)
+    reference = pipeline.encode_reference(references, masks)
     result = pipeline.edit(
-        source, mask, reference, keep_shape=args.keep_shape, steps=sampling.steps, guidance=sampling.guidance,
-        seed=sampling.seed, num_samples=sampling.num_samples, region=args.region, working_size=sampling.working_size,
-        sampler=sampling.sampler, reference_every=sampling.reference_every, guided_fraction=sampling.guided_fraction,
-        deep_features_every=sampling.deep_features_every,
+        source, mask, reference, keep_shape=args.keep_shape, sampling=sampling, regions=regions,
         callback=lambda step, total, _: logger.info("step %d/%d", step, total),
     )
     write_images([image_to_uint8(image) for image in result.images], outputs, image_format)
@@ -90,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit = commands.add_parser("edit", help="regenerate the masked region of a source image from a reference")
     edit.add_argument("--source", required=True, help="the image to edit")
     edit.add_argument("--mask", required=True, help="grey mask of the source; white = region to regenerate")
-    edit.add_argument("--reference", required=True, help="the image whose matching part is imitated")
+    edit.add_argument("--reference", required=True, action="append",
+                      help="the image whose matching part is imitated; give it more than once for several images "
+                           "of one reference (two views of an object): the edit imitates them together")
+    edit.add_argument("--reference-mask", action="append",
+                      help="grey mask of the reference (white = imitate this part), one per --reference in order; "
+                           "leave it out to imitate the whole reference")
     edit.add_argument("--out", required=True, help="where to write the edited image (.png, .jpg, .webp, .tif or .bmp)")
     add_model_options(edit)
     edit.add_argument("--keep-shape", action="store_true", help="shape control: keep the source's shape (depth-guided)")

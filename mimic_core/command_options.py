@@ -12,9 +12,9 @@ import os
 
 import torch
 
-from .edit_options import REGIONS, SAMPLERS, OptionError, SamplingOptions
+from .edit_options import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_REFERENCE_STRENGTH, REGIONS, SAMPLERS,
+                           OptionError, RegionOptions, SamplingOptions)
 from .errors import InputError
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CONFIG_DIR_ENV = "MIMICBRUSH_CONFIG_DIR"
@@ -50,6 +50,12 @@ def add_model_options(options) -> None:
     options.add_argument("--deep-features-every", type=int, default=1,
                          help="run the whole imitative U-Net every k steps and only its outermost level between, "
                               "on the deep features kept (DeepCache); 1 exact, 2-5 fast mode")
+    options.add_argument("--reference-strength", type=float, default=1.0,
+                         help=f"how much the reference's attention weighs, 0 to {MAX_REFERENCE_STRENGTH:g}: 1 is the "
+                              "model's own (exact); 0 imitates through the CLIP embedding alone")
+    options.add_argument("--denoise", type=float, default=1.0,
+                         help="as ComfyUI's denoise: 1 samples from noise (exact); less starts from the source noised "
+                              "part way and keeps more of its layout inside the mask")
     options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
 
@@ -73,7 +79,16 @@ def sampling_options(args: argparse.Namespace, steps: int, guidance: float, work
             seed=args.seed, num_samples=num_samples,
             working_size=working_size if args.working_size is None else args.working_size,
             sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
-            deep_features_every=args.deep_features_every)
+            deep_features_every=args.deep_features_every, reference_strength=args.reference_strength,
+            denoise=args.denoise)
+    except OptionError as err:
+        raise err.spelled({err.option: option_name(err.option)}) from None
+
+
+def region_options(args: argparse.Namespace) -> RegionOptions:
+    """``--region``, checked as the engine checks it (crops take the engine's context and least side)."""
+    try:
+        return RegionOptions(args.region)
     except OptionError as err:
         raise err.spelled({err.option: option_name(err.option)}) from None
 

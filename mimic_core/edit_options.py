@@ -28,6 +28,11 @@ SAMPLERS = {
     "euler": EulerDiscreteScheduler,
 }
 REGIONS = ("whole", "crop", "crop_each")
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 5.0
+TRAIN_TIMESTEPS = 1000
+"""The model's noise schedule: no sampler can take more steps than it has timesteps."""
+MAX_REFERENCE_STRENGTH = 2.0
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 """ComfyUI's seed widget range (0 to 2**64 - 1), which torch's generator takes whole."""
 WORKING_SIZES = range(64, 1024 + 1, 64)
@@ -69,8 +74,8 @@ def check_sampler(sampler: str) -> None:
 class SamplingOptions:
     """How an edit samples. The defaults of :meth:`MimicBrushPipeline.edit` are the authors' sampling."""
 
-    steps: int
-    guidance: float
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     num_samples: int = 1
     working_size: int = 512
@@ -78,9 +83,19 @@ class SamplingOptions:
     reference_every: int = 1
     guided_fraction: float = 1.0
     deep_features_every: int = 1
+    reference_strength: float = 1.0
+    """How much reference attention weighs: log(strength) is added to the attention logits of the
+    reference keys. 1 is the model's own attention; 0 leaves the reference tokens out (the
+    reference's CLIP embedding still conditions the edit)."""
+    denoise: float = 1.0
+    """As ComfyUI's KSampler: the last ``steps`` of a ``steps / denoise``-step schedule, starting from
+    the source's latents noised to that level. 1 samples from pure noise."""
 
     def __post_init__(self):
         check_whole("steps", self.steps, 1)
+        if self.steps > TRAIN_TIMESTEPS:
+            raise OptionError("steps", f"must be at most {TRAIN_TIMESTEPS} (the model's noise schedule), "
+                                       f"got {self.steps}.")
         _number("guidance", self.guidance, "of 0 or more (5 is the authors'; any value up to 1 turns classifier-free "
                                            "guidance off: the conditional branch alone, at half the cost)", 0.0)
         if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or not 0 <= self.seed <= MAX_SEED:
@@ -94,6 +109,21 @@ class SamplingOptions:
         check_whole("reference_every", self.reference_every, 0, " (0: reference features computed once)")
         _number("guided_fraction", self.guided_fraction, "from 0 to 1 (the share of the steps with guidance)", 0.0, 1.0)
         check_whole("deep_features_every", self.deep_features_every, 1, " (1: the whole U-Net at every step)")
+        _number("reference_strength", self.reference_strength, f"from 0 to {MAX_REFERENCE_STRENGTH:g} (1: the "
+                "model's own reference attention; 0: the reference tokens take no part)", 0.0, MAX_REFERENCE_STRENGTH)
+        _number("denoise", self.denoise, "above 0 and at most 1 (1: from pure noise; less keeps more of the "
+                "source's layout inside the mask)", 0.0, 1.0)
+        if self.denoise == 0:
+            raise OptionError("denoise", "must be above 0 (0 would leave the source as it is), got 0.")
+        if self.schedule_steps > TRAIN_TIMESTEPS:
+            raise OptionError("denoise", f"{self.denoise:g} with {self.steps} steps asks for a schedule of "
+                                         f"{self.schedule_steps} steps, more than the model's {TRAIN_TIMESTEPS}: raise "
+                                         f"denoise to at least {self.steps / TRAIN_TIMESTEPS:g} or take fewer steps.")
+
+    @property
+    def schedule_steps(self) -> int:
+        """The length of the schedule whose last ``steps`` are run (ComfyUI's ``int(steps / denoise)``)."""
+        return self.steps if self.denoise >= 1 else int(self.steps / self.denoise)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ blended into the source with a feathered mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,6 @@ from .files import release_mapped_pages
 from .models import MimicBrushModels
 from .shape_control import blank_depth_map, square_depth_map
 
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 5.0
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -47,24 +45,42 @@ DEPTH_MODEL_HINT = (
 )
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
+ImageInput = torch.Tensor | Sequence[torch.Tensor]
 
 
 @dataclass
 class EncodedReference:
-    """A reference image prepared once and reusable for many edits.
+    """A reference prepared once and reusable for many edits: one image, or several taken together.
 
-    The VAE posterior is kept as mean and std (per working size) rather than a sample, so each
-    edit draws the posterior noise from its own seed in the authors' order and gives what a
-    one-shot run gives. ``image`` is the square-padded reference, kept to encode it at another
-    working size when an edit asks for one.
+    The VAE posterior is kept as mean and std (per working size, ``[R, 4, h, w]`` for R images)
+    rather than a sample, so each edit draws the posterior noise from its own seed in the
+    authors' order and gives what a one-shot run gives. ``images`` are the square-padded
+    references, kept to encode them at another working size when an edit asks for one;
+    ``masks`` their square-padded 0/1 reference masks (1 = imitate), or None: imitate all.
+    ``embeds_cond`` is ``[R, T, C]``, each image's own embedding (the reference U-Net runs on
+    each with its own); the imitative U-Net's context joins them (:meth:`contexts`).
     """
 
-    image: np.ndarray | None
+    images: list[np.ndarray]
     embeds_cond: torch.Tensor
     embeds_uncond: torch.Tensor
+    masks: list[np.ndarray] | None = None
     posteriors: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     imitates: bool = True
     """False for :meth:`MimicBrushPipeline.no_reference`: nothing to imitate."""
+
+    def contexts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The imitative U-Net's conditional and unconditional contexts, ``[1, R*T, C]`` each: the
+        images' embeddings one after another, and the blank embedding as many times (the same
+        attention as one copy; the two must have one length to share a guided batch)."""
+        count, tokens, width = self.embeds_cond.shape
+        return self.embeds_cond.reshape(1, count * tokens, width), self.embeds_uncond.repeat(1, count, 1)
+
+    def keep_at(self, working_size: int, latent_size: int) -> torch.Tensor | None:
+        """``[R, 1, h, w]`` 0/1 on the latent grid: where on each image to imitate (None: everywhere)."""
+        if self.masks is None:
+            return None
+        return torch.cat([pre.latent_mask(pre.binary_mask_at(mask, working_size), latent_size) for mask in self.masks])
 
 
 @dataclass
@@ -127,22 +143,46 @@ class MimicBrushPipeline:
         return tensor.to(device=self.models.device, dtype=self.models.dtype)
 
     @torch.inference_mode()
-    def _posterior(self, image_uint8: np.ndarray, working_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self._to_model(pre.to_model_range(pre.resize_lanczos(image_uint8, working_size)))
-        posterior = self.models.vae.encode(pixels.contiguous()).latent_dist
+    def _posterior(self, images_uint8: list[np.ndarray], working_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.cat([pre.to_model_range(pre.resize_lanczos(image, working_size)) for image in images_uint8])
+        posterior = self.models.vae.encode(self._to_model(pixels).contiguous()).latent_dist
         return posterior.mean, posterior.std
 
     @torch.inference_mode()
-    def encode_reference(self, reference: torch.Tensor) -> EncodedReference:
-        """Prepare a reference image (``[1, H, W, C]`` or ``[H, W, C]``, 0..1) for any number of edits."""
-        padded = pre.pad_to_square(pre.image_to_uint8(reference, "reference image"), 255)
-        pixels = self._to_model(pre.clip_pixels(padded))
+    def encode_reference(self, reference: ImageInput, mask: ImageInput | None = None) -> EncodedReference:
+        """Prepare a reference for any number of edits.
+
+        ``reference``: one image (``[1, H, W, C]`` or ``[H, W, C]``, 0..1), or a list of them taken
+        together as one reference (two views of one object): the reference U-Net runs on all of
+        them and the edit attends to all their tokens and embeddings. ``mask``: optional, one per
+        image (``[H, W]``, 1 = imitate, resized to its image like the edit mask): what on the
+        reference is imitated. Attention keys outside it (the square's padding included) are left
+        out, and the CLIP input has the rest blanked to white (as the paper's baselines use their
+        reference masks); masks covering their whole images are the same as none.
+        """
+        images = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+        if not images:
+            raise InputError("No reference image was given: give one image, or a list of images of one reference.")
+        masks = None if mask is None else list(mask) if isinstance(mask, (list, tuple)) else [mask]
+        if masks is not None and len(masks) != len(images):
+            raise InputError(f"{len(masks)} reference masks were given for {len(images)} reference images: give one "
+                             "mask per reference image, or none.")
+        pictures = [pre.image_to_uint8(image, "reference image") for image in images]
+        padded = [pre.pad_to_square(picture, 255) for picture in pictures]
+        binary = None if masks is None else [pre.mask_to_binary(mask, *picture.shape[:2], of="reference")
+                                             for mask, picture in zip(masks, pictures)]
+        # masks that cover their whole images restrict nothing: the edit is the one without them
+        padded_masks = None if binary is None or all(m.all() for m in binary) else [
+            pre.pad_to_square(m, 0) for m in binary]
+        seen = padded if padded_masks is None else [
+            np.where(mask[..., None] > 0, image, np.uint8(255)) for image, mask in zip(padded, padded_masks)]
+        pixels = self._to_model(torch.cat([pre.clip_pixels(image) for image in seen]))
         embeds = []
-        for clip_input in (pixels, torch.zeros_like(pixels)):
+        for clip_input in (pixels, torch.zeros_like(pixels[:1])):
             hidden = self.models.image_encoder(clip_input, output_hidden_states=True).hidden_states[-2]
             embeds.append(self.models.image_proj(hidden))
         self._done_with(self.models.image_encoder)
-        encoded = EncodedReference(padded, embeds[0], embeds[1])
+        encoded = EncodedReference(padded, embeds[0], embeds[1], padded_masks)
         encoded.posteriors[self.working_size] = self._posterior(padded, self.working_size)
         return encoded
 
@@ -156,11 +196,11 @@ class MimicBrushPipeline:
         hidden = self.models.image_encoder(blank, output_hidden_states=True).hidden_states[-2]
         embeds = self.models.image_proj(hidden)
         self._done_with(self.models.image_encoder)
-        return EncodedReference(None, embeds, embeds, imitates=False)
+        return EncodedReference([], embeds, embeds, imitates=False)
 
     def _reference_posterior(self, encoded: EncodedReference, working_size: int):
         if working_size not in encoded.posteriors:
-            encoded.posteriors[working_size] = self._posterior(encoded.image, working_size)
+            encoded.posteriors[working_size] = self._posterior(encoded.images, working_size)
         return tuple(t.to(self.models.device, self.models.dtype) for t in encoded.posteriors[working_size])
 
     @torch.inference_mode()
@@ -178,46 +218,49 @@ class MimicBrushPipeline:
         self._done_with(self.models.depth_model)
         return depth
 
+    def edit_options(self, sampling: SamplingOptions | None = None, regions: RegionOptions | None = None,
+                     **settings) -> tuple[SamplingOptions, RegionOptions]:
+        """The options of one edit, checked: ``sampling`` and ``regions`` as given (their defaults, at
+        this pipeline's working size, where not), with any single setting named in ``settings``
+        (a field of either, e.g. ``steps=25``) put in its place."""
+        sampling_names = {option.name for option in fields(SamplingOptions)}
+        region_names = {option.name for option in fields(RegionOptions)}
+        unknown = sorted(set(settings) - sampling_names - region_names)
+        if unknown:
+            raise TypeError(f"edit() got unknown settings {unknown}; the settings are {sorted(sampling_names)} "
+                            f"and {sorted(region_names)}.")
+        sampling = sampling or SamplingOptions(working_size=self.working_size)
+        regions = regions or RegionOptions()
+        sampling = replace(sampling, **{k: v for k, v in settings.items() if k in sampling_names})
+        regions = replace(regions, **{k: v for k, v in settings.items() if k in region_names})
+        return sampling, regions
+
     @torch.inference_mode()
-    def edit(self, source: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | EncodedReference, *,
-             keep_shape: bool = False, depth_map: torch.Tensor | None = None, steps: int = DEFAULT_STEPS,
-             guidance: float = DEFAULT_GUIDANCE, seed: int = 0, num_samples: int = 1,
-             region: str = "whole", context: float = 2.0, min_side: int = 256, working_size: int | None = None,
-             sampler: str = "ddim", reference_every: int = 1, guided_fraction: float = 1.0,
-             deep_features_every: int = 1, callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
-             generator_device: torch.device | str | None = None) -> EditResult:
+    def edit(self, source: torch.Tensor, mask: torch.Tensor, reference: ImageInput | EncodedReference, *,
+             keep_shape: bool = False, depth_map: torch.Tensor | None = None,
+             sampling: SamplingOptions | None = None, regions: RegionOptions | None = None,
+             callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+             generator_device: torch.device | str | None = None, **settings) -> EditResult:
         """Regenerate the masked region of ``source`` by imitating ``reference``.
 
         ``source``: ``[1, H, W, C]`` 0..1; ``mask``: ``[H, W]`` or ``[1, H, W]``, 1 = edit (resized to
-        the source if it is the same shape at another size); ``reference``: an image or an
-        :class:`EncodedReference` (:meth:`no_reference` for the plain-inpainting baseline).
+        the source if it is the same shape at another size); ``reference``: an image, a list of
+        images of one reference, or an :class:`EncodedReference` (:meth:`encode_reference`, which
+        also takes a reference mask; :meth:`no_reference` for the plain-inpainting baseline).
         ``keep_shape`` turns on shape control (the depth of the source guides the edit);
         ``depth_map`` supplies that depth (of the square-padded source) instead of estimating it.
 
-        ``region`` says what is edited at ``working_size`` (default 512; a multiple of 64 up to
-        1024): ``"whole"`` the whole image padded to a square, as the authors do; ``"crop"`` a
-        square around all masked pixels (``context`` times the mask's extent, at least
-        ``min_side`` source pixels), stitched back into the untouched original; ``"crop_each"``
-        one such crop per connected masked region.
-
-        Fast mode, trading exactness for speed: ``sampler`` "dpmpp_2m", "unipc" or "euler" (diffusers'
-        solvers on the same schedule; 20-25 steps instead of DDIM's 50) and ``reference_every`` k > 1
-        (reference features recomputed every k steps; 0: computed once) and ``guided_fraction`` f < 1
-        (classifier-free guidance on the first f of the steps only; the later ones, which refine
-        detail, run the conditional branch alone at half the imitative U-Net's cost) and
-        ``deep_features_every`` k > 1 (the imitative U-Net's deep features recomputed every k steps;
-        between, only its outermost level runs: :mod:`mimic_core.deep_cache`). The defaults
-        ("ddim", 1, 1.0, 1) are the authors' sampling.
+        ``sampling`` (:class:`~mimic_core.edit_options.SamplingOptions`) says how the model samples
+        and ``regions`` (:class:`~mimic_core.edit_options.RegionOptions`) what it works on; any of
+        their fields may instead be given by name (``steps=25, region="crop"``). Their defaults are
+        the authors' edit of the whole padded image.
 
         The seed drives one generator on ``generator_device`` (default: the models' device, as
         the authors' code) in the authors' order: reference posterior, initial noise, collage
         posterior (repeated per region). ``callback(step, total, latents)`` runs after each step;
         ``should_stop()`` is asked before each step and ends the edit with :class:`EditInterrupted`.
         """
-        working_size = working_size or self.working_size
-        SamplingOptions(steps, guidance, seed, num_samples, working_size, sampler, reference_every, guided_fraction,
-                        deep_features_every)
-        RegionOptions(region, context, min_side)
+        sampling, regions = self.edit_options(sampling, regions, **settings)
         if depth_map is not None and not torch.isfinite(depth_map).all():
             raise InputError("The depth map holds NaN or infinite values: give the depth of the square-padded "
                              "source, or leave it out to estimate it.")
@@ -227,50 +270,47 @@ class MimicBrushPipeline:
         if isinstance(reference, EncodedReference) and not reference.imitates:
             encoded = reference
         elif isinstance(reference, EncodedReference):
-            encoded = EncodedReference(reference.image, reference.embeds_cond.to(self.models.device, self.models.dtype),
-                                       reference.embeds_uncond.to(self.models.device, self.models.dtype),
-                                       reference.posteriors)
+            encoded = replace(reference, embeds_cond=self._to_model(reference.embeds_cond),
+                              embeds_uncond=self._to_model(reference.embeds_uncond))
         else:
             encoded = self.encode_reference(reference)
 
-        if region == "whole":
-            regions = [(whole_image_box(height, width), binary_mask)]
-        elif region == "crop":
-            regions = [(plan_crop(binary_mask, context, min_side), binary_mask)]
+        if regions.region == "whole":
+            squares = [(whole_image_box(height, width), binary_mask)]
+        elif regions.region == "crop":
+            squares = [(plan_crop(binary_mask, regions.context, regions.min_side), binary_mask)]
         else:
-            regions = [(plan_crop(part, context, min_side), part) for part in region_masks(binary_mask)]
-        generator = torch.Generator(device=generator_device or self.models.device).manual_seed(int(seed))
-        outputs = np.repeat(source_uint8[None], num_samples, axis=0)
-        for box, region_mask in regions:
+            squares = [(plan_crop(part, regions.context, regions.min_side), part) for part in region_masks(binary_mask)]
+        generator = torch.Generator(device=generator_device or self.models.device).manual_seed(int(sampling.seed))
+        outputs = np.repeat(source_uint8[None], sampling.num_samples, axis=0)
+        for box, region_mask in squares:
             if keep_shape and depth_map is None:
                 region_depth = self.depth_map(pre.uint8_to_image(cut(source_uint8, box, 255)))
             elif keep_shape:
                 region_depth = crop_depth_map(depth_map, box, height, width)
             else:
                 region_depth = self.depth_map(None)
-            latents, square = self._edit_square(
-                cut(source_uint8, box, 255), cut(region_mask, box, 0), encoded, region_depth, working_size,
-                generator, num_samples, steps, guidance, callback, should_stop, sampler, reference_every,
-                guided_fraction, deep_features_every)
+            latents, square = self._edit_square(cut(source_uint8, box, 255), cut(region_mask, box, 0), encoded,
+                                                region_depth, generator, sampling, callback, should_stop)
             outputs = np.stack([stitch(output, region_mask, box, image) for output, image in zip(outputs, square)])
         return EditResult(pre.uint8_to_image(outputs), latents, square, region_depth)
 
     def _edit_square(self, square_source: np.ndarray, square_mask: np.ndarray, encoded: EncodedReference,
-                     depth_map: torch.Tensor, working_size: int, generator: torch.Generator, num_samples: int,
-                     steps: int, guidance: float, callback, should_stop, sampler: str = "ddim",
-                     reference_every: int = 1, guided_fraction: float = 1.0,
-                     deep_features_every: int = 1) -> tuple[torch.Tensor, np.ndarray]:
+                     depth_map: torch.Tensor, generator: torch.Generator, sampling: SamplingOptions,
+                     callback, should_stop) -> tuple[torch.Tensor, np.ndarray]:
         """One square (padded image or crop) through the model: final latents and the uint8 output."""
         device, dtype = self.models.device, self.models.dtype
+        working_size = sampling.working_size
         latent_size = self.latent_size(working_size)
         collage = pre.make_collage(square_source, square_mask)
         mask_at_size = pre.binary_mask_at(square_mask, working_size)
         depth_feature = self.models.depth_guider(self._to_model(depth_map), size=working_size)
 
         shape = (1, 4, latent_size, latent_size)
-        reference_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        noise = randn_tensor((num_samples,) + shape[1:], generator=generator, device=device, dtype=dtype)
-        collage_mean, collage_std = self._posterior(collage, working_size)
+        reference_noise = randn_tensor((max(len(encoded.images), 1),) + shape[1:], generator=generator, device=device,
+                                       dtype=dtype)
+        noise = randn_tensor((sampling.num_samples,) + shape[1:], generator=generator, device=device, dtype=dtype)
+        collage_mean, collage_std = self._posterior([collage], working_size)
         collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
         scale = self.scaling_factor
@@ -279,43 +319,61 @@ class MimicBrushPipeline:
             reference_mean, reference_std = self._reference_posterior(encoded, working_size)
             reference_latents = (reference_mean + reference_std * reference_noise) * scale
         masked_latents = (collage_mean + collage_std * collage_noise) * scale
+        source_latents = self._posterior([square_source], working_size)[0] * scale if sampling.denoise < 1 else None
         latents = self._denoise(
             noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, latent_size)),
-            depth_feature, encoded, steps, guidance, callback, should_stop, sampler, reference_every, guided_fraction,
-            deep_features_every,
-        )
+            depth_feature, encoded, sampling, callback, should_stop, source_latents)
         square = np.stack([pre.output_to_uint8(self.models.vae.decode(latent[None] / scale).sample)[0]
                            for latent in latents])
         return latents, square
 
     def _denoise(self, noise, reference_latents, masked_latents, latent_mask, depth_feature,
-                 encoded: EncodedReference, steps, guidance, callback, should_stop,
-                 sampler: str = "ddim", reference_every: int = 1, guided_fraction: float = 1.0,
-                 deep_features_every: int = 1) -> torch.Tensor:
-        """The sampling loop. Fast mode, not exact: ``reference_every`` k > 1 recomputes the reference
-        features every k steps (0: once, at the first step) instead of at every step;
-        ``guided_fraction`` < 1 guides only the first ``round(guided_fraction * steps)`` steps;
-        ``deep_features_every`` k > 1 runs the whole imitative U-Net every k steps and only its
-        outermost level between (a step after guidance ends runs whole: its batch is another)."""
+                 encoded: EncodedReference, sampling: SamplingOptions, callback=None, should_stop=None,
+                 source_latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The sampling loop.
+
+        Fast mode, not exact: ``reference_every`` k > 1 recomputes the reference features every k
+        steps (0: once, at the first step) instead of at every step; ``guided_fraction`` < 1 guides
+        only the first ``round(guided_fraction * steps)`` steps; ``deep_features_every`` k > 1 runs
+        the whole imitative U-Net every k steps and only its outermost level between (a step after
+        guidance ends runs whole: its batch is another).
+
+        ``denoise`` < 1 runs the last ``steps`` of a longer schedule from ``source_latents`` noised
+        to its first level; ``reference_strength`` weighs the reference keys (0: not attended,
+        nor computed).
+        """
         models = self.models
-        scheduler = make_scheduler(sampler)
-        scheduler.set_timesteps(steps, device=models.device)
+        scheduler = make_scheduler(sampling.sampler)
+        scheduler.set_timesteps(sampling.schedule_steps, device=models.device)
+        first_step = len(scheduler.timesteps) - sampling.steps
+        timesteps = scheduler.timesteps[first_step:]
+        if first_step:
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(first_step)
+            latents = scheduler.add_noise(source_latents, noise, timesteps[:1])
+        else:
+            latents = noise * scheduler.init_noise_sigma
         samples = noise.shape[0]
-        total = len(scheduler.timesteps)
-        guided_steps = round(guided_fraction * total) if guidance > 1.0 and encoded.imitates else 0
-        cond = encoded.embeds_cond.expand(samples, -1, -1)
-        guided_context = torch.cat([encoded.embeds_uncond.expand(samples, -1, -1), cond])
+        total = len(timesteps)
+        imitates = encoded.imitates and sampling.reference_strength > 0
+        guided_steps = (round(sampling.guided_fraction * total)
+                        if sampling.guidance > 1.0 and encoded.imitates else 0)
+        cond_context, uncond_context = encoded.contexts()
+        cond = cond_context.expand(samples, -1, -1)
+        guided_context = torch.cat([uncond_context.expand(samples, -1, -1), cond])
         conditioning = torch.cat([latent_mask, masked_latents, depth_feature], dim=1)
-        latents = noise * scheduler.init_noise_sigma
-        deep = DeepFeatureCache(models.unet) if deep_features_every > 1 else None
-        whole = whole_steps(total, guided_steps, deep_features_every)
+        reference_keep = encoded.keep_at(sampling.working_size, latents.shape[-1]) if imitates else None
+        deep = DeepFeatureCache(models.unet) if sampling.deep_features_every > 1 else None
+        whole = whole_steps(total, guided_steps, sampling.deep_features_every)
+        every = sampling.reference_every
         with install_reference_attention(models.referencenet, models.unet) as handle:
-            for index, timestep in enumerate(scheduler.timesteps):
+            handle.bank.reference_strength = sampling.reference_strength
+            for index, timestep in enumerate(timesteps):
                 if should_stop is not None and should_stop():
                     raise EditInterrupted(f"Stopped before step {index + 1} of {total}.")
-                if encoded.imitates and (index == 0 or (reference_every > 0 and index % reference_every == 0)):
-                    handle.record(reference_latents, timestep, encoded.embeds_cond)
-                handle.bank.conditional_rows = samples if encoded.imitates else 0
+                if imitates and (index == 0 or (every > 0 and index % every == 0)):
+                    handle.record(reference_latents, timestep, encoded.embeds_cond, reference_keep)
+                handle.bank.conditional_rows = samples if imitates else 0
                 guided = index < guided_steps
                 rows = 2 * samples if guided else samples
                 model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, timestep)
@@ -329,7 +387,7 @@ class MimicBrushPipeline:
                     eps = deep.shallow(model_input, timestep, context)
                 if guided:
                     eps_uncond, eps_cond = eps.chunk(2)
-                    eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+                    eps = eps_uncond + sampling.guidance * (eps_cond - eps_uncond)
                 latents = scheduler.step(eps, timestep, latents).prev_sample
                 if callback is not None:
                     callback(index + 1, total, latents)

@@ -62,8 +62,9 @@ def _check_unit_range(values: torch.Tensor, what: str) -> None:
                          "0..255 picture by 255 (or pass it as a uint8 tensor, which is read as 0..255).")
 
 
-def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """One mask as an ``H x W`` uint8 array of 0/1 (1 = edit), at the source's size.
+def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "source") -> np.ndarray:
+    """One mask as an ``H x W`` uint8 array of 0/1 (1 = edit), at its image's size (``of``: which
+    image it is drawn on, "source" or "reference", for the messages).
 
     Binarised at half range, like the demo's ``> 128`` on 8-bit masks. A mask of another size
     but the same aspect ratio as the source (the same mask at another resolution) is resized to
@@ -83,25 +84,29 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
     if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
         raise InputError(f"The mask must be [H, W] (or [1, H, W]), got shape {tuple(mask.shape)}.")
     mask = mask.detach().to("cpu", torch.float32) / (255.0 if mask.dtype == torch.uint8 else 1.0)
-    _check_unit_range(mask, "mask")
-    if not (mask > 0.5).any():
+    what = "mask" if of == "source" else f"{of} mask"
+    _check_unit_range(mask, what)
+    if not (mask > 0.5).any() and of == "source":
         raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit; in "
                          "ComfyUI, paint it with the mask editor or connect a MASK from a segmenter).")
+    if not (mask > 0.5).any():
+        raise InputError(f"The {what} is empty: paint the part of the {of} to imitate (white), or leave the "
+                         f"{what} out to imitate all of it.")
     if tuple(mask.shape) != (height, width):
         if abs(mask.shape[0] * width - mask.shape[1] * height) > max(mask.shape[0], height, mask.shape[1], width):
             raise InputError(
-                f"The mask is {mask.shape[1]}x{mask.shape[0]} but the source image is {width}x{height}, "
+                f"The {what} is {mask.shape[1]}x{mask.shape[0]} but the {of} image is {width}x{height}, "
                 "another aspect ratio: it was not drawn on this image. Use a mask made from this image "
                 "(or resize it to the image's size first)."
             )
-        logger.warning("Mask is %dx%d but the source is %dx%d; resizing the mask (nearest) to the source. Make "
-                       "the mask at the source's size to keep its exact edges.",
-                       mask.shape[1], mask.shape[0], width, height)
+        logger.warning("The %s is %dx%d but the %s is %dx%d; resizing it (nearest) to the %s. Make "
+                       "the mask at the %s's size to keep its exact edges.",
+                       what, mask.shape[1], mask.shape[0], of, width, height, of, of)
         mask = torch.nn.functional.interpolate(mask[None, None], size=(height, width), mode="nearest")[0, 0]
     binary = (mask > 0.5).to(torch.uint8).numpy()
     if not binary.any():
-        raise InputError("The mask's painted region vanished when it was resized to the source: paint a larger "
-                         "region, or make the mask at the source's size.")
+        raise InputError(f"The {what}'s painted region vanished when it was resized to the {of}: paint a larger "
+                         f"region, or make the mask at the {of}'s size.")
     return np.ascontiguousarray(binary)
 
 

@@ -5,24 +5,61 @@ from __future__ import annotations
 from .handles import MODEL_TYPE, REFERENCE_TYPE, EncodedReferences
 from .loaders import CATEGORY
 
+BATCH_USES = {"one reference per image": "each", "all images as one reference": "together"}
+
 
 class MimicBrushEncodeReference:
-    DESCRIPTION = ("Prepares a reference image for MimicBrush (CLIP image embeddings and VAE latents). "
-                   "Encode once and connect it to several samplers: each edit then skips this work.")
+    DESCRIPTION = ("Prepares a reference for MimicBrush (CLIP image embeddings and VAE latents). Encode once and "
+                   "connect it to several samplers: each edit then skips this work. A batch of images is either "
+                   "several references (one per image, cycled over the sources) or several views of one reference "
+                   "(imitated together). A reference mask restricts what is imitated.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (REFERENCE_TYPE,)
     RETURN_NAMES = ("reference",)
-    OUTPUT_TOOLTIPS = ("The encoded reference, one per image of the batch.",)
+    OUTPUT_TOOLTIPS = ("The encoded reference(s).",)
     FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "mimicbrush": (MODEL_TYPE, {"tooltip": "The model from the MimicBrush loader."}),
-            "image": ("IMAGE", {"tooltip": "The reference whose matching part the edit imitates; no mask "
-                                           "needed. Any size; it is padded to a square."}),
-        }}
+        return {
+            "required": {
+                "mimicbrush": (MODEL_TYPE, {"tooltip": "The model from the MimicBrush loader."}),
+                "image": ("IMAGE", {"tooltip": "The reference whose matching part the edit imitates; no mask "
+                                               "needed. Any size; it is padded to a square."}),
+            },
+            "optional": {
+                "reference_mask": ("MASK", {
+                    "tooltip": "Where on the reference to imitate (white), e.g. one object of several in the photo. "
+                               "Left open, the whole reference is imitated. One mask per image (a single mask "
+                               "serves every image of its size)."}),
+                "batch": (list(BATCH_USES), {
+                    "default": "one reference per image",
+                    "tooltip": "How a batch of reference images is used: one reference per image (each edit "
+                               "takes the next), or all images as one reference (two views of the same object, "
+                               "imitated together; costs more per step)."}),
+            },
+        }
 
-    def encode(self, mimicbrush, image):
+    def encode(self, mimicbrush, image, reference_mask=None, batch="one reference per image"):
+        from ..mimic_core.errors import InputError
+        from ..mimic_core.preprocess import image_to_uint8, mask_to_binary
+
+        if batch not in BATCH_USES:
+            raise InputError(f"batch must be one of {', '.join(BATCH_USES)}, got {batch!r}.")
+        images = list(image)
+        masks = None
+        if reference_mask is not None:
+            stacked = reference_mask if reference_mask.ndim == 3 else reference_mask.unsqueeze(0)
+            if stacked.shape[0] not in (1, len(images)):
+                raise InputError(f"{stacked.shape[0]} reference masks for {len(images)} reference images: give one "
+                                 "mask per image, or a single mask for all.")
+            masks = [stacked[index % stacked.shape[0]] for index in range(len(images))]
+        for index, single in enumerate(images):  # every image and mask checked before the models load
+            picture = image_to_uint8(single, "reference image")
+            if masks is not None:
+                mask_to_binary(masks[index], *picture.shape[:2], of="reference")
         pipeline = mimicbrush.ready()
-        return (EncodedReferences([pipeline.encode_reference(single) for single in image]),)
+        if BATCH_USES[batch] == "together":
+            return (EncodedReferences([pipeline.encode_reference(images, masks)]),)
+        return (EncodedReferences([pipeline.encode_reference(single, None if masks is None else masks[index])
+                                   for index, single in enumerate(images)]),)

@@ -69,6 +69,13 @@ CASES = [
     BadInput(CLI, "--mask all black", "The mask is empty: paint the region", {"--mask": "{empty_mask}"}),
     BadInput(CLI, "--mask drawn on an image of another shape", "another aspect ratio",
              {"--mask": "{wide_mask}"}),
+    BadInput(CLI, "--reference-strength 3", "--reference-strength must be a finite number from 0 to 2",
+             {"--reference-strength": "3"}),
+    BadInput(CLI, "--denoise 0", "--denoise must be above 0", {"--denoise": "0"}),
+    BadInput(CLI, "--denoise 0.01 with --steps 20 (a 2000-step schedule)", "raise denoise to at least 0.02",
+             {"--denoise": "0.01", "--steps": "20"}),
+    BadInput(CLI, "--reference-mask all black", "The reference mask is empty: paint the part of the reference",
+             {"--reference-mask": "{empty_mask}"}),
     BadInput(CLI, "--checkpoint that does not exist", "does not exist",
              {"--checkpoint": "{folder}/mimicbrush.safetensors"}),
 
@@ -95,6 +102,10 @@ CASES = [
     BadInput(ENGINE, "context=float('inf') with region='crop'", "context must be a finite number of 1 or more",
              {"region": "crop", "context": float("inf")}),
     BadInput(ENGINE, "sampler='ddpm'", "sampler must be one of ddim, dpmpp_2m, unipc, euler", {"sampler": "ddpm"}),
+    BadInput(ENGINE, "reference_strength=float('nan')", "reference_strength must be a finite number from 0 to 2",
+             {"reference_strength": float("nan")}),
+    BadInput(ENGINE, "denoise=1.5", "denoise must be a finite number above 0 and at most 1", {"denoise": 1.5}),
+    BadInput(ENGINE, "steps=1001", "steps must be at most 1000 (the model's noise schedule)", {"steps": 1001}),
     BadInput(ENGINE, "depth_map with NaN", "The depth map holds NaN or infinite values",
              {"keep_shape": True, "depth_map": "NaN depth map"}),
 
@@ -108,4 +119,6 @@ CASES = [
              {"MimicBrushSampler.guided_fraction": float("nan")}),
     BadInput(NODE, "Sampler seed 2**64 (API prompt)", "bigger than max", {"MimicBrushSampler.seed": 2**64}),
     BadInput(NODE, "Sampler steps 0 (API prompt)", "smaller than min", {"MimicBrushSampler.steps": 0}),
+    BadInput(NODE, "Sampler reference_strength NaN (API prompt)", "reference_strength must be a finite number from 0",
+             {"MimicBrushSampler.reference_strength": float("nan")}),
 ]

@@ -88,7 +88,7 @@ def test_a_mask_at_another_resolution_is_resized_with_one_warning(files, capsys,
         mask.resize((mask.width * 2, mask.height * 2), Image.Resampling.NEAREST).save(files["folder"] + "/big.png")
     status, _ = run_command(edit_arguments(files, {"--mask": "{folder}/big.png"}), capsys, caplog)
     assert status == 0
-    assert caplog.text.count("resizing the mask") == 1, caplog.text
+    assert caplog.text.count("resizing it (nearest)") == 1, caplog.text
 
 
 @pytest.mark.parametrize("case", cases_of(CLI))

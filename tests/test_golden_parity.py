@@ -13,6 +13,7 @@ import torch
 
 from mimic_core.attention import install_reference_attention
 from mimic_core.models import load_models
+from mimic_core.edit_options import SamplingOptions
 from mimic_core.pipeline import EncodedReference, MimicBrushPipeline
 
 from tests.support import as_image_tensor
@@ -48,7 +49,7 @@ def test_reference_encoding_from_the_image(tiny_pipeline, golden, fixture_images
 
 
 def test_masked_image_latents(tiny_pipeline, golden):
-    mean, _ = tiny_pipeline._posterior(golden["inputs"]["collage_512_uint8"].numpy().copy(), 512)
+    mean, _ = tiny_pipeline._posterior([golden["inputs"]["collage_512_uint8"].numpy().copy()], 512)
     _report("masked_image_latents (posterior mean)", mean * 0.18215, golden["inputs"]["masked_image_latents"], STAGE_ATOL)
 
 
@@ -86,14 +87,15 @@ def test_first_unet_output_from_golden_inputs(tiny_models, golden):
 @pytest.mark.parametrize("case", CASES)
 def test_denoising_loop_from_golden_inputs(tiny_pipeline, tiny_models, golden, case):
     g, expected = golden["inputs"], golden[case]
-    encoded = EncodedReference(None, g["image_prompt_embeds_cond"], g["image_prompt_embeds_uncond"])
+    encoded = EncodedReference([], g["image_prompt_embeds_cond"], g["image_prompt_embeds_uncond"])
     outputs, latents = [], []
     hook = tiny_models.unet.register_forward_hook(lambda m, a, out: outputs.append(out.sample.clone()))
     try:
         with torch.no_grad():
             final = tiny_pipeline._denoise(
                 g["initial_noise"], g["reference_latents"], g["masked_image_latents"], g["mask_latent"],
-                expected["depth_feature"], encoded, 4, 5.0, lambda step, total, lat: latents.append(lat.clone()), None)
+                expected["depth_feature"], encoded, SamplingOptions(steps=4, guidance=5.0),
+                lambda step, total, lat: latents.append(lat.clone()))
     finally:
         hook.remove()
     assert len(outputs) == len(latents) == 4

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..command_options import check_device, resolve_device_dtype, sampling_options
+from ..command_options import check_device, region_options, resolve_device_dtype, sampling_options
 from ..errors import InputError, ModelFileError
 from ..model_files import find_model_files
-from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ..edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..preprocess import WORKING_SIZE
 from .backbones import load_backbones
 from .benchmark import Benchmark, Case, load_benchmark
@@ -96,11 +96,7 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
     files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     dtype = resolve_device_dtype(device.type, args.dtype)[1]
     sampling = sampling_options(args, DEFAULT_STEPS, DEFAULT_GUIDANCE, WORKING_SIZE)
-    settings = EditSettings.describe(files, args.config_dir, dtype, steps=sampling.steps, guidance=sampling.guidance,
-                                     seed=sampling.seed, region=args.region, working_size=sampling.working_size,
-                                     sampler=sampling.sampler, reference_every=sampling.reference_every,
-                                     guided_fraction=sampling.guided_fraction,
-                                     deep_features_every=sampling.deep_features_every)
+    settings = EditSettings.describe(files, args.config_dir, dtype, sampling, region_options(args))
     todo = cases_to_edit(shard, folder, settings, args.overwrite)
     logger.info("%d of this run's %d cases to edit (%d in the benchmark)", len(todo), len(shard), len(benchmark.cases))
     if not todo:

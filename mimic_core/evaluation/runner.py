@@ -25,6 +25,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..command_options import DTYPES
+from ..edit_options import RegionOptions, SamplingOptions
 from ..image_files import read_image
 from ..errors import InputError
 from ..model_files import ModelFiles
@@ -40,32 +41,32 @@ SETTINGS_CHUNK = "mimicbrush-evaluate"
 @dataclass(frozen=True)
 class EditSettings:
     """What decides a result besides the case: model files (by name; the checkpoint also by
-    size) and sampling options. The device is left out: it changes results only by rounding."""
+    size), precision, and the sampling and region options. The device is left out: it changes
+    results only by rounding."""
 
     checkpoint: str
     vae: str
     depth_model: str
     config_dir: str | None
-    steps: int
-    guidance: float
-    seed: int
-    region: str
-    working_size: int
-    sampler: str
-    reference_every: int
-    guided_fraction: float
-    deep_features_every: int
     dtype: str
+    sampling: SamplingOptions
+    regions: RegionOptions
 
     @classmethod
-    def describe(cls, files: ModelFiles, config_dir: str | None, dtype: torch.dtype, **sampling) -> EditSettings:
+    def describe(cls, files: ModelFiles, config_dir: str | None, dtype: torch.dtype, sampling: SamplingOptions,
+                 regions: RegionOptions) -> EditSettings:
         checkpoint = f"{files.checkpoint.name} ({files.checkpoint.stat().st_size} bytes)"
         dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
         return cls(checkpoint, files.vae.name, files.depth_model.name,
-                   Path(config_dir).name if config_dir else None, dtype=dtype_name, **sampling)
+                   Path(config_dir).name if config_dir else None, dtype_name, sampling, regions)
+
+    def record(self) -> dict:
+        """Every setting under its own name, as results record them."""
+        files = {name: getattr(self, name) for name in ("checkpoint", "vae", "depth_model", "config_dir", "dtype")}
+        return {**files, **asdict(self.sampling), **asdict(self.regions)}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.record(), sort_keys=True)
 
 
 class OutputFolder:
@@ -134,7 +135,7 @@ def _settings_difference(recorded: str | None, settings: EditSettings) -> str:
     except json.JSONDecodeError:
         return "its settings record is damaged"
     return ", ".join(f"{key} {before.get(key)!r} instead of {value!r}"
-                     for key, value in asdict(settings).items() if before.get(key) != value)
+                     for key, value in settings.record().items() if before.get(key) != value)
 
 
 def cases_to_edit(cases: list[Case], folder: OutputFolder, settings: EditSettings, overwrite: bool) -> list[Case]:
@@ -176,10 +177,6 @@ def edit_cases(cases: list[Case], folder: OutputFolder, settings: EditSettings, 
             encoded, encoded_path = pipeline.encode_reference(read_image(str(case.reference), "RGB")), case.reference
         result = pipeline.edit(
             read_image(str(case.source), "RGB"), read_image(str(case.source_mask), "L")[..., 0], encoded,
-            keep_shape=case.keep_shape, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
-            region=settings.region, working_size=settings.working_size, sampler=settings.sampler,
-            reference_every=settings.reference_every, guided_fraction=settings.guided_fraction,
-            deep_features_every=settings.deep_features_every,
-        )
+            keep_shape=case.keep_shape, sampling=settings.sampling, regions=settings.regions)
         write_result(image_to_uint8(result.images[0]), folder.result_path(case), settings)
         logger.info("edited %s (%d/%d) in %.1f s", case.id, number, len(ordered), time.perf_counter() - started)

@@ -1,0 +1,129 @@
+"""What the options beyond the authors' do, on a model that has learnt to imitate: the demo model.
+
+    python bench/edit_options_quality.py [--pairs 12] [--steps 25]
+
+On held-out synthetic pairs (``mimic_core.demo.imitation``: the source's whole object masked, so
+the source is the ground truth of the masked region) it reports the masked-region error (MSE on
+the mask's bounding box, 0..1 pixels; lower is closer to the source) of:
+
+- several references: the right one, a mismatched one, both together, and the right one with a
+  second view of the same object;
+- a reference mask: one reference image holding the right object beside a distractor (the
+  mismatched pair's reference), with no mask, the right half masked, the distractor half masked;
+- reference strength 0, 0.5, 1, 1.5 and denoise 0.25, 0.5, 0.75, 1, each with the right and with
+  the mismatched reference (with the mismatched one the error is how far the edit moves from the
+  source).
+
+Prints Markdown tables; ``tests/test_edit_features.py`` checks the same comparisons on fewer pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mimic_core.demo import DEMO_GUIDANCE, DEMO_STEPS, DEMO_WORKING_SIZE, demo_model_files  # noqa: E402
+from mimic_core.demo.imitation import edit_pair, held_out_pairs, masked_region_error, mismatched_partner  # noqa: E402
+from mimic_core.demo.synthetic import Pair, random_view, render  # noqa: E402
+from mimic_core.models import load_models  # noqa: E402
+from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
+
+STRENGTHS = (0.0, 0.5, 1.0, 1.5)
+DENOISES = (0.25, 0.5, 0.75, 1.0)
+
+
+def image_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
+
+
+def another_view(pair: Pair, seed: int) -> np.ndarray:
+    """A third view of the pair's object, independent of its source and reference views."""
+    return render(pair.scene, random_view(np.random.default_rng([seed, 2]), pair.reference.shape[0]),
+                  pair.reference.shape[0])[0]
+
+
+def beside_distractor(pair: Pair, distractor: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One reference image, the right object on the left and the distractor on the right, and the
+    masks of its two halves (right object, distractor)."""
+    picture = np.concatenate([pair.reference, distractor.reference], axis=1)
+    left = np.zeros(picture.shape[:2], np.float32)
+    left[:, : pair.reference.shape[1]] = 1.0
+    return picture, left, 1.0 - left
+
+
+def reference_conditions(pipeline: MimicBrushPipeline, pairs: list[Pair], index: int, first_seed: int) -> dict:
+    """The encoded references of one pair's several-reference and reference-mask conditions."""
+    pair, other = pairs[index], mismatched_partner(pairs, index)
+    right, wrong = image_tensor(pair.reference), image_tensor(other.reference)
+    picture, right_half, distractor_half = beside_distractor(pair, other)
+    both = image_tensor(picture)
+    return {
+        "right": pipeline.encode_reference(right),
+        "mismatched": pipeline.encode_reference(wrong),
+        "right + mismatched": pipeline.encode_reference([right, wrong]),
+        "right + right (another view)": pipeline.encode_reference([right, image_tensor(another_view(pair, first_seed + index))]),
+        "right beside distractor, no mask": pipeline.encode_reference(both),
+        "... right object masked": pipeline.encode_reference(both, torch.from_numpy(right_half)),
+        "... distractor masked": pipeline.encode_reference(both, torch.from_numpy(distractor_half)),
+    }
+
+
+def score(pipeline: MimicBrushPipeline, pairs: list[Pair], steps: int, first_seed: int) -> dict[str, list[float]]:
+    errors: dict[str, list[float]] = {}
+
+    def edited(name, pair, index, reference, **sampling):
+        image = edit_pair(pipeline, pair, reference, steps, index, DEMO_WORKING_SIZE, DEMO_GUIDANCE, **sampling)
+        errors.setdefault(name, []).append(masked_region_error(image, pair))
+
+    for index, pair in enumerate(pairs):
+        encoded = reference_conditions(pipeline, pairs, index, first_seed)
+        for name, reference in encoded.items():
+            edited(name, pair, index, reference)
+        for which in ("right", "mismatched"):
+            for strength in STRENGTHS:
+                edited(f"{which}, reference_strength {strength:g}", pair, index, encoded[which],
+                       reference_strength=strength)
+            for denoise in DENOISES:
+                edited(f"{which}, denoise {denoise:g}", pair, index, encoded[which], denoise=denoise)
+    return errors
+
+
+def table(errors: dict[str, list[float]], names: list[str]) -> str:
+    rows = ["| condition | masked-region MSE (mean) | pairs better than the first row |", "|---|---:|---:|"]
+    first = np.array(errors[names[0]])
+    for name in names:
+        values = np.array(errors[name])
+        rows.append(f"| {name} | {values.mean():.5f} | {int((values < first).sum())}/{len(values)} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS)
+    parser.add_argument("--first-seed", type=int, default=900_000)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    files = demo_model_files()
+    pipeline = MimicBrushPipeline(load_models(files.checkpoint, files.vae, files.depth_model),
+                                  working_size=DEMO_WORKING_SIZE)
+    pairs = held_out_pairs(args.pairs, DEMO_WORKING_SIZE)
+    errors = score(pipeline, pairs, args.steps, args.first_seed)
+    print(f"demo model, {args.pairs} held-out pairs, DDIM {args.steps} steps, guidance {DEMO_GUIDANCE:g}\n")
+    print(table(errors, ["mismatched", "right + mismatched", "right", "right + right (another view)"]) + "\n")
+    print(table(errors, ["right beside distractor, no mask", "... right object masked", "... distractor masked"]) + "\n")
+    for which in ("right", "mismatched"):
+        print(table(errors, [f"{which}, reference_strength {s:g}" for s in STRENGTHS]) + "\n")
+        print(table(errors, [f"{which}, denoise {d:g}" for d in DENOISES]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
