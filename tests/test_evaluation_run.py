@@ -251,3 +251,33 @@ def test_the_command_module_that_cli_imports_pulls_in_nothing_heavy():
             "and m != 'mimic_core.evaluation.command'))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+AUTHORS_FOLDERS = {("part_composition", "inter_id"): "PartComp/CrossInstance",
+                   ("part_composition", "inner_id"): "PartComp/WithinInstance",
+                   ("texture_transfer", "inter_id"): "TextureTrans/CrossInstance",
+                   ("texture_transfer", "inner_id"): "TextureTrans/WithinInstance"}
+
+
+def test_the_authors_benchmark_layout_is_read_and_scored_with_one_command(workspace, tmp_path):
+    """The synthetic benchmark rewritten in the layout of the authors' run_inference_benchmark.py
+    (no manifest): the same cases, tracks and pairings, texture cases with shape control, and a run."""
+    ours = load_benchmark(workspace["benchmark"])
+    authors = tmp_path / "MimicBrush_bench"
+    for case in ours.cases:
+        folder = authors / AUTHORS_FOLDERS[(case.track, case.pairing)]
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, path in (("source", case.source), ("source_mask", case.source_mask), ("reference", case.reference)):
+            shutil.copyfile(path, folder / f"{case.id}_{suffix}.png")
+    theirs = load_benchmark(authors)
+    assert sorted((c.track, c.pairing, c.id.split("-", 2)[2]) for c in theirs.cases) == \
+        sorted((c.track, c.pairing, c.id) for c in ours.cases)
+    assert all(case.keep_shape == (case.track == "texture_transfer") for case in theirs.cases)
+    out = tmp_path / "scored"
+    assert main(["evaluate", "--benchmark", str(authors), "--out", str(out), "--sheet-height", str(SHEET_HEIGHT),
+                 *editor_options(), "--clip", str(workspace["clip"]), "--dino", str(workspace["dino"])]) == 0
+    assert {case["id"] for case in read_report(out)["cases"]} == {case.id for case in theirs.cases}
+
+    next(authors.glob("*/*/*_source_mask.png")).unlink()
+    with pytest.raises(InputError, match="problem"):
+        load_benchmark(authors)

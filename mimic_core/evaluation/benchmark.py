@@ -7,6 +7,11 @@ composition, or texture transfer with shape control on) and a *pairing*: ``inter
 and reference show different things; scored against the reference) or ``inner_id`` (the
 reference shows the same thing as the source, so the unedited source is the ground truth).
 
+A folder in the layout of the authors' ``run_inference_benchmark.py`` is read as it is, with no
+manifest: ``PartComp/`` and ``TextureTrans/``, each with ``CrossInstance/`` (inter-ID) and
+``WithinInstance/`` (inner-ID), each holding ``<name>_source.png``, ``<name>_source_mask.png`` and
+``<name>_reference.png``; texture cases are edited with shape control on, as the authors' script does.
+
 Everything is checked when the benchmark is opened, before any model is loaded, and every
 problem found is reported at once with the fix.
 """
@@ -31,6 +36,9 @@ PAIRINGS = ("inter_id", "inner_id")
 KEEPS_SHAPE = {"part_composition": False, "texture_transfer": True}
 """The paper edits texture-transfer cases with shape control (depth) on, part composition without."""
 
+AUTHORS_TRACKS = {"PartComp": "part_composition", "TextureTrans": "texture_transfer"}
+AUTHORS_PAIRINGS = {"CrossInstance": "inter_id", "WithinInstance": "inner_id"}
+"""The authors' benchmark folders (``<track>/<pairing>/``) and what this harness calls them."""
 REQUIRED_KEYS = ("id", "track", "pairing", "source", "source_mask", "reference")
 OPTIONAL_KEYS = ("reference_mask", "text", "category")
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -94,9 +102,15 @@ def load_benchmark(folder: str | Path) -> Benchmark:
     manifest_path = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise InputError(f"The benchmark folder '{folder}' does not exist.")
+    if not manifest_path.is_file() and authors_layout_folders(folder):
+        cases = authors_layout_cases(folder)
+        if not cases:
+            raise InputError(f"'{folder}' is in the authors' layout but its folders hold no <name>_reference.png.")
+        return _checked(folder, folder.name, cases, [], folder)
     if not manifest_path.is_file():
-        raise InputError(f"'{folder}' has no {MANIFEST_NAME}. Write one listing the cases "
-                         "(the format is in docs/evaluation.md).")
+        raise InputError(f"'{folder}' has no {MANIFEST_NAME} and is not in the authors' layout "
+                         f"({'/, '.join(f'{t}/{p}' for t in AUTHORS_TRACKS for p in AUTHORS_PAIRINGS)}/). Write a "
+                         "manifest listing the cases (the format is in docs/evaluation.md).")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -111,6 +125,12 @@ def load_benchmark(folder: str | Path) -> Benchmark:
         case = _parse_case(entry, index, folder, problems)
         if case is not None:
             cases.append(case)
+    name = manifest.get("name")
+    return _checked(folder, name if isinstance(name, str) else folder.name, cases, problems, manifest_path)
+
+
+def _checked(folder: Path, name: str, cases: list[Case], problems: list[str], where: Path) -> Benchmark:
+    """The benchmark, once its ids are unique and its images fit their masks (or every problem, raised)."""
     seen: set[str] = set()
     for case in cases:
         if case.id in seen:
@@ -120,9 +140,28 @@ def load_benchmark(folder: str | Path) -> Benchmark:
         _check_images(case, problems)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
-        raise InputError(f"The benchmark {manifest_path} has {len(problems)} problem(s):\n{listing}")
-    name = manifest.get("name")
-    return Benchmark(folder, name if isinstance(name, str) else folder.name, cases)
+        raise InputError(f"The benchmark {where} has {len(problems)} problem(s):\n{listing}")
+    return Benchmark(folder, name, cases)
+
+
+def authors_layout_folders(folder: Path) -> list[tuple[Path, str, str]]:
+    """The authors' benchmark folders that ``folder`` holds, with their track and pairing."""
+    return [(folder / track_folder / pairing_folder, track, pairing)
+            for track_folder, track in AUTHORS_TRACKS.items() for pairing_folder, pairing in AUTHORS_PAIRINGS.items()
+            if (folder / track_folder / pairing_folder).is_dir()]
+
+
+def authors_layout_cases(folder: Path) -> list[Case]:
+    """A case per ``<name>_reference.png`` of each authors' folder, named ``<track>-<pairing>-<name>``
+    (the folders' own names); its source and source mask are found by name, as the authors' script does."""
+    cases = []
+    for case_folder, track, pairing in authors_layout_folders(folder):
+        for reference in sorted(case_folder.glob("*_reference.png")):
+            name = reference.name[: -len("_reference.png")]
+            label = re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_folder.parent.name}-{case_folder.name}-{name}")
+            cases.append(Case(label[:100], track, pairing, case_folder / f"{name}_source.png",
+                              case_folder / f"{name}_source_mask.png", reference))
+    return cases
 
 
 def _parse_case(entry, index: int, folder: Path, problems: list[str]) -> Case | None:
