@@ -30,32 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mimic_core.demo import DEMO_GUIDANCE, DEMO_STEPS, DEMO_WORKING_SIZE, demo_model_files  # noqa: E402
-from mimic_core.demo.imitation import edit_pair, held_out_pairs, masked_region_error, mismatched_partner  # noqa: E402
-from mimic_core.demo.synthetic import Pair, random_view, render  # noqa: E402
+from mimic_core.demo.imitation import (another_view, beside_distractor, edit_pair, held_out_pairs,  # noqa: E402
+                                       image_tensor, masked_region_error, mismatched_partner)
+from mimic_core.demo.synthetic import Pair  # noqa: E402
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 DENOISES = (0.25, 0.5, 0.75, 1.0)
-
-
-def image_tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
-
-
-def another_view(pair: Pair, seed: int) -> np.ndarray:
-    """A third view of the pair's object, independent of its source and reference views."""
-    return render(pair.scene, random_view(np.random.default_rng([seed, 2]), pair.reference.shape[0]),
-                  pair.reference.shape[0])[0]
-
-
-def beside_distractor(pair: Pair, distractor: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One reference image, the right object on the left and the distractor on the right, and the
-    masks of its two halves (right object, distractor)."""
-    picture = np.concatenate([pair.reference, distractor.reference], axis=1)
-    left = np.zeros(picture.shape[:2], np.float32)
-    left[:, : pair.reference.shape[1]] = 1.0
-    return picture, left, 1.0 - left
 
 
 def reference_conditions(pipeline: MimicBrushPipeline, pairs: list[Pair], index: int, first_seed: int) -> dict:

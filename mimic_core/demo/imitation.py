@@ -28,7 +28,7 @@ import torch
 from ..evaluation.cropping import inner_id_crops
 from ..evaluation.metrics import psnr, to_unit_tensor
 from ..pipeline import MimicBrushPipeline
-from .synthetic import TEST_SEED_OFFSET, Pair, make_pair
+from .synthetic import TEST_SEED_OFFSET, Pair, make_pair, random_view, render
 
 CONDITIONS = ("right", "mismatched", "no_reference")
 
@@ -56,8 +56,24 @@ def held_out_pairs(count: int, size: int, first: int = TEST_SEED_OFFSET) -> list
     return [make_pair(first + index, size) for index in range(count)]
 
 
-def _image(array: np.ndarray) -> torch.Tensor:
+def image_tensor(array: np.ndarray) -> torch.Tensor:
+    """A uint8 picture as the engine takes it: ``[1, H, W, 3]`` floats in 0..1."""
     return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
+
+
+def another_view(pair: Pair, seed: int) -> np.ndarray:
+    """A third view of the pair's object, independent of its source and reference views."""
+    return render(pair.scene, random_view(np.random.default_rng([seed, 2]), pair.reference.shape[0]),
+                  pair.reference.shape[0])[0]
+
+
+def beside_distractor(pair: Pair, distractor: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One reference image, the right object on the left and the distractor on the right, and the
+    masks of its two halves (right object, distractor)."""
+    picture = np.concatenate([pair.reference, distractor.reference], axis=1)
+    left = np.zeros(picture.shape[:2], np.float32)
+    left[:, : pair.reference.shape[1]] = 1.0
+    return picture, left, 1.0 - left
 
 
 def edit_pair(pipeline: MimicBrushPipeline, pair: Pair, reference, steps: int, seed: int,
@@ -65,8 +81,8 @@ def edit_pair(pipeline: MimicBrushPipeline, pair: Pair, reference, steps: int, s
     """The edited source (uint8) for one reference (an image array or an encoded reference);
     ``sampling``: the edit's other sampling options (fast mode's)."""
     if isinstance(reference, np.ndarray):
-        reference = _image(reference)
-    result = pipeline.edit(_image(pair.source), torch.from_numpy(pair.mask.astype(np.float32)), reference,
+        reference = image_tensor(reference)
+    result = pipeline.edit(image_tensor(pair.source), torch.from_numpy(pair.mask.astype(np.float32)), reference,
                            steps=steps, seed=seed, working_size=working_size, guidance=guidance, **sampling)
     return np.clip(np.round(result.images[0].float().numpy() * 255), 0, 255).astype(np.uint8)
 
