@@ -17,13 +17,13 @@ import torch
 from .checkpoint import convert_checkpoint
 from .command_options import (CONFIG_DIR_ENV, add_model_options, region_options, resolve_device_dtype,
                               sampling_options)
+from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
 from .image_files import read_image, read_mask
 from .model_files import find_model_files
 from .models import load_models
 from .output_images import check_output_path, write_images
-from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .pipeline import MimicBrushPipeline
 from .preprocess import WORKING_SIZE, image_to_uint8, mask_to_binary
 from .training.command import add_command as add_train_command

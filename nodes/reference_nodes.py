@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .handles import MODEL_TYPE, REFERENCE_TYPE, EncodedReferences
 from .loaders import CATEGORY
 
@@ -47,17 +49,18 @@ class MimicBrushEncodeReference:
         if batch not in BATCH_USES:
             raise InputError(f"batch must be one of {', '.join(BATCH_USES)}, got {batch!r}.")
         images = list(image)
+        for single in images:  # every image and mask checked before the models load
+            image_to_uint8(single, "reference image")
         masks = None
         if reference_mask is not None:
             stacked = reference_mask if reference_mask.ndim == 3 else reference_mask.unsqueeze(0)
             if stacked.shape[0] not in (1, len(images)):
                 raise InputError(f"{stacked.shape[0]} reference masks for {len(images)} reference images: give one "
                                  "mask per image, or a single mask for all.")
-            masks = [stacked[index % stacked.shape[0]] for index in range(len(images))]
-        for index, single in enumerate(images):  # every image and mask checked before the models load
-            picture = image_to_uint8(single, "reference image")
-            if masks is not None:
-                mask_to_binary(masks[index], *picture.shape[:2], of="reference")
+            # once per mask, at the batch's one size: a resize warns once, and the engine gets them ready
+            binary = [torch.from_numpy(mask_to_binary(mask, *image.shape[1:3], of="reference")).float()
+                      for mask in stacked]
+            masks = [binary[index % len(binary)] for index in range(len(images))]
         pipeline = mimicbrush.ready()
         if BATCH_USES[batch] == "together":
             return (EncodedReferences([pipeline.encode_reference(images, masks)]),)

@@ -148,6 +148,17 @@ def test_a_bad_node_input_is_refused_before_the_sampler_runs_with_the_fix(comfy_
     assert case.answer in error_message(entry) and "InputError" in error_message(entry), error_message(entry)
 
 
+def test_the_encoder_takes_a_reference_mask_and_a_batch_as_one_reference(comfy_host):
+    """The encoder's optional inputs on the real host: the source itself as the reference, its painted
+    mask as the reference mask, the batch taken as one reference."""
+    prompt = _base_prompt()
+    encoder = next(node for node in prompt.values() if node["class_type"] == "MimicBrushEncodeReference")
+    source = prompt["6"]["inputs"]["source"][0]
+    encoder["inputs"].update(image=[source, 0], reference_mask=[source, 1], batch="all images as one reference")
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+
+
 def test_the_server_edits_after_every_bad_input(comfy_host):
     _assert_next_prompt_succeeds(comfy_host, 104)
 
