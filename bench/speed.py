@@ -1,6 +1,7 @@
 """Speed and memory of the engine against the authors' computation order, side by side in one run.
 
     python bench/speed.py [--size full|tiny] [--steps 3] [--work DIR]
+    python bench/speed.py --options [--size full|tiny] [--steps 3]   # what each edit option costs
 
 ``full`` builds SD-1.5-size components with random weights (860M-parameter U-Nets, CLIP ViT-H/14,
 Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin`` and as our
@@ -12,6 +13,8 @@ Their outputs are checked to agree. Fast mode takes turns in the same way with a
 own, against which its speed-up is reckoned; loading each file runs alone. fp32 on the CPU, 512².
 Prints one Markdown table. ``tiny`` does the same on
 the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
+``--options`` instead times each option beyond the authors (:data:`OPTION_MODES`) taking turns
+with a plain exact edit, and prints what it adds per step and per edit.
 """
 
 from __future__ import annotations
@@ -115,13 +118,31 @@ def peak_resident_gib() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 2**20
 
 
-def _inputs():
+def _inputs(mode: str = "exact"):
+    """Source, mask and reference of the timed edit, and the edit options of ``mode``."""
     rng = np.random.default_rng(0)
     source = torch.from_numpy(rng.random((1, 480, 640, 3), dtype=np.float32))
     mask = torch.zeros(480, 640)
     mask[120:360, 200:440] = 1
     reference = torch.from_numpy(rng.random((1, 400, 300, 3), dtype=np.float32))
-    return source, mask, reference
+    if mode == "two references":
+        reference = [reference, reference.flip(2)]
+    return source, mask, reference, OPTION_MODES.get(mode, {})
+
+
+OPTION_MODES = {"two references": {}, "reference mask": {}, "reference strength 0.5": {"reference_strength": 0.5},
+                "denoise 0.5": {"denoise": 0.5}}
+"""The options beyond the authors, each timed beside an exact edit: a second reference image (the
+same one mirrored), a reference mask on the reference's left half, and two sampler settings."""
+
+
+def reference_of(pipeline, mode: str, reference):
+    """The reference as the edit takes it: a mask is given at encoding, so the encoding is timed."""
+    if mode != "reference mask":
+        return reference
+    left_half = torch.zeros(reference.shape[1:3])
+    left_half[:, : reference.shape[2] // 2] = 1
+    return pipeline.encode_reference(reference, left_half)
 
 
 class Turns:
@@ -152,12 +173,13 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     torch.manual_seed(0)
     # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
     models = load_models(files["safetensors"], files["vae"], files["depth"], inference_layers=mode != "authors")
+    source, mask, reference, edit_options = _inputs(mode)
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
     # fast mode runs twice the steps, guided for the first half only, the whole U-Net every 2nd step
     # (and at the first unguided one), to time guided and unguided, whole and shallow steps
     options = ({"sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.5,
-                "deep_features_every": FAST_DEEP_EVERY} if mode == "fast" else {})
+                "deep_features_every": FAST_DEEP_EVERY} if mode == "fast" else edit_options)
     run_steps = 2 * steps if mode == "fast" else steps
     kinds, current = [], {}
     unet = pipeline.models.unet
@@ -177,7 +199,8 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
         else:
             resumed = now
 
-    result = pipeline.edit(*_inputs(), keep_shape=True, steps=run_steps, seed=1, **options, callback=step_done)
+    result = pipeline.edit(source, mask, reference_of(pipeline, mode, reference), keep_shape=True, steps=run_steps,
+                           seed=1, **options, callback=step_done)
     total = time.perf_counter() - started - ((turns.waited - waited_before) if turns else 0.0)
     for hook in hooks:
         hook.remove()
@@ -282,6 +305,8 @@ def main() -> int:
                         help="DDIM steps of the authors' order and exact mode, taking turns (the first is not timed); "
                              "fast mode runs twice as many")
     parser.add_argument("--work", help="folder for the random-weight files (default: a temporary folder)")
+    parser.add_argument("--options", action="store_true",
+                        help="time each edit option beyond the authors beside a plain exact edit instead")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -305,10 +330,14 @@ def main() -> int:
         common = ["--size", args.size, "--steps", str(args.steps), "--files", json.dumps(files)]
         def in_turns(modes: tuple[str, ...], name: str) -> list[dict]:
             return take_turns([[sys.executable, __file__, "--child", mode, "--turns",
-                                "--out", str(work / f"{name}_{mode}.pt"), *common] for mode in modes])
+                                "--out", str(work / f"{name}_{index}.pt"), *common] for index, mode in enumerate(modes)])
+
+        if args.options:
+            return print_option_costs({mode: in_turns(("exact", mode), f"option_{index}")
+                                       for index, mode in enumerate(OPTION_MODES)}, args)
 
         rows = dict(zip(("authors", "exact"), in_turns(("authors", "exact"), "exact_pair")))
-        authors, exact = torch.load(work / "exact_pair_authors.pt"), torch.load(work / "exact_pair_exact.pt")
+        authors, exact = torch.load(work / "exact_pair_0.pt"), torch.load(work / "exact_pair_1.pt")
         relative = ((exact - authors).norm() / authors.norm()).item()
         # fast mode is timed beside an exact run of its own, so that its speed-up meets one machine too
         rows["exact beside fast"], rows["fast"] = in_turns(("exact", "fast"), "fast_pair")
@@ -365,6 +394,23 @@ def main() -> int:
     print(f"\nPer-edit totals for 50 and {FAST_STEPS} steps are the measured fixed cost plus measured per-step costs; "
           "bench/fast_mode_quality.py measures what each fast setting does to the result.")
     return 0 if relative <= 1e-4 else 1
+
+
+def print_option_costs(pairs: dict[str, list[dict]], args) -> int:
+    """The table of ``--options``: each option's step and fixed cost against the exact edit it took
+    turns with."""
+    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512²; each option and a plain exact "
+          f"edit {args.steps} steps each, taking turns step by step\n")
+    print("| option | exact s per step | option s per step | step ratio | exact fixed s | option fixed s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode, (exact, option) in pairs.items():
+        for row in (exact, option):
+            row["fixed_s"] = row["total_s"] - args.steps * row["steady_step_s"]
+        print(f"| {mode} | {exact['steady_step_s']:.2f} | {option['steady_step_s']:.2f} | "
+              f"{option['steady_step_s'] / exact['steady_step_s']:.3f} | {exact['fixed_s']:.1f} | "
+              f"{option['fixed_s']:.1f} |")
+    print("\nFixed cost: the edit's time outside its steady steps (encoding the reference, for the mask, included).")
+    return 0
 
 
 if __name__ == "__main__":

@@ -82,6 +82,28 @@ class EncodedReference:
             return None
         return torch.cat([pre.latent_mask(pre.binary_mask_at(mask, working_size), latent_size) for mask in self.masks])
 
+    @classmethod
+    def joined(cls, references: Sequence[EncodedReference]) -> EncodedReference:
+        """Several encoded references taken together as one, as if their images had been encoded
+        in one :meth:`MimicBrushPipeline.encode_reference` call; each keeps its own mask, and one
+        encoded without a mask is imitated whole (its square's padding included, as alone).
+        This lets each image be encoded on its own, at its own size, with or without a mask."""
+        if not references:
+            raise InputError("No reference was given to join: give at least one encoded reference.")
+        if not all(reference.imitates for reference in references):
+            raise InputError("An edit without a reference cannot be joined with references: leave it out.")
+        images = [image for reference in references for image in reference.images]
+        masks = None
+        if any(reference.masks is not None for reference in references):
+            masks = [mask for reference in references for mask in (
+                reference.masks if reference.masks is not None
+                else [np.ones(image.shape[:2], np.uint8) for image in reference.images])]
+        shared_sizes = set.intersection(*(set(reference.posteriors) for reference in references))
+        posteriors = {size: tuple(torch.cat([reference.posteriors[size][part] for reference in references])
+                                  for part in range(2)) for size in shared_sizes}
+        return cls(images, torch.cat([reference.embeds_cond for reference in references]),
+                   references[0].embeds_uncond, masks, posteriors)
+
 
 @dataclass
 class EditResult:

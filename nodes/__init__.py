@@ -17,7 +17,8 @@ NODE_MODULES = {
     "example_nodes": {"MimicBrushExampleImage": "MimicBrush Example Image"},
     "loaders": {"MimicBrushLoader": "MimicBrush Loader", "DepthAnythingLoader": "Depth Anything Loader (MimicBrush)"},
     "depth_nodes": {"MimicBrushDepth": "MimicBrush Depth (shape control)"},
-    "reference_nodes": {"MimicBrushEncodeReference": "MimicBrush Encode Reference"},
+    "reference_nodes": {"MimicBrushEncodeReference": "MimicBrush Encode Reference",
+                        "MimicBrushJoinReferences": "MimicBrush Join References"},
     "sampler_nodes": {"MimicBrushSampler": "MimicBrush Imitative Sampler"},
     "crop_nodes": {"MimicBrushCropAroundMask": "MimicBrush Crop Around Mask", "MimicBrushStitch": "MimicBrush Stitch"},
 }

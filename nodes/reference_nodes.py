@@ -66,3 +66,32 @@ class MimicBrushEncodeReference:
             return (EncodedReferences([pipeline.encode_reference(images, masks)]),)
         return (EncodedReferences([pipeline.encode_reference(single, None if masks is None else masks[index])
                                    for index, single in enumerate(images)]),)
+
+
+class MimicBrushJoinReferences:
+    DESCRIPTION = ("Takes two encoded references together as one: the edit imitates both (two views of the same "
+                   "object, say, one of them masked to the object). Each is encoded on its own, at its own size, "
+                   "with or without a reference mask; chain this node to join more. When an input holds several "
+                   "references (one per image), they are joined pairwise, the shorter list cycled.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (REFERENCE_TYPE,)
+    RETURN_NAMES = ("reference",)
+    OUTPUT_TOOLTIPS = ("The joined reference(s): connect to a sampler, or to another join.",)
+    FUNCTION = "join"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "reference_a": (REFERENCE_TYPE, {"tooltip": "An encoded reference (from MimicBrush Encode Reference)."}),
+            "reference_b": (REFERENCE_TYPE, {"tooltip": "Another encoded reference, imitated together with the first; "
+                                                        "each costs a reference pass per step."}),
+        }}
+
+    def join(self, reference_a, reference_b):
+        from ..mimic_core.pipeline import EncodedReference
+
+        count = max(len(reference_a.items), len(reference_b.items))
+        return (EncodedReferences([
+            EncodedReference.joined([reference_a.items[index % len(reference_a.items)],
+                                     reference_b.items[index % len(reference_b.items)]])
+            for index in range(count)]),)

@@ -166,3 +166,23 @@ def test_reference_masks_are_checked_against_their_images(tiny_pipeline, inputs)
         tiny_pipeline.encode_reference(reference, torch.zeros(reference.shape[1:3]))
     with pytest.raises(InputError, match="2 reference masks were given for 1 reference images"):
         tiny_pipeline.encode_reference([reference], [torch.ones(reference.shape[1:3])] * 2)
+
+
+def test_references_encoded_apart_and_joined_edit_as_if_encoded_together(tiny_pipeline, inputs):
+    source, mask, reference = inputs
+    side = min(reference.shape[1:3])
+    reference = reference[:, :side, :side]  # square: no padding, so a full mask is the same as none
+    other = reference.flip(2)
+    left_half = torch.zeros(reference.shape[1:3])
+    left_half[:, : reference.shape[2] // 2] = 1
+    joined = type(tiny_pipeline.encode_reference(reference)).joined(
+        [tiny_pipeline.encode_reference(reference, left_half), tiny_pipeline.encode_reference(other)])
+    together = tiny_pipeline.encode_reference([reference, other], [left_half, torch.ones(reference.shape[1:3])])
+    assert len(joined.images) == 2 and [m.all() for m in joined.masks] == [False, True]
+    torch.testing.assert_close(joined.embeds_cond, together.embeds_cond, atol=1e-5, rtol=1e-5)
+    edits = [tiny_pipeline.edit(source, mask, encoded, steps=STEPS, seed=5).latents for encoded in (joined, together)]
+    torch.testing.assert_close(*edits, atol=1e-4, rtol=1e-4)
+    alone = tiny_pipeline.edit(source, mask, tiny_pipeline.encode_reference(reference, left_half), steps=STEPS, seed=5)
+    assert not torch.equal(edits[0], alone.latents)
+    with pytest.raises(InputError, match="cannot be joined"):
+        type(joined).joined([joined, tiny_pipeline.no_reference()])

@@ -52,16 +52,14 @@ from mimic_core.demo import (CHECKPOINT_NAME, DEMO_DIR, DEMO_GUIDANCE, DEMO_STEP
 from mimic_core.demo.architecture import tiny_clip, tiny_depth_model, tiny_unet, tiny_vae  # noqa: E402
 from mimic_core.demo.autoencoder import reconstruction_psnr, train_vae  # noqa: E402
 from mimic_core.demo.imitation import held_out_pairs, score_imitation  # noqa: E402
-from mimic_core.demo.synthetic import TEST_SEED_OFFSET, make_pair, write_training_images  # noqa: E402
+from mimic_core.demo.synthetic import (EXAMPLE_SEED, EXAMPLE_SIZE, TEST_SEED_OFFSET, make_pair,  # noqa: E402
+                                      write_training_images)
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
 logger = logging.getLogger("build_demo_model")
 
 TRAIN_CONFIG = DEMO_DIR / "train_config.yaml"
-EXAMPLE_SEED = TEST_SEED_OFFSET + 900_010
-"""A held-out pair picked among a dozen for its large object and clearly distinct colours."""
-EXAMPLE_SIZE = 256
 BUILD_PAIRS = 16
 SHIPPED = ("model", "examples")
 PHASES = (

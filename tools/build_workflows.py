@@ -21,8 +21,10 @@ SLOTS = {
     "PreviewImage": ([("images", "IMAGE")], []),
     "DepthAnythingLoader": ([], [("depth_model", "DEPTH_ANYTHING")]),
     "MimicBrushLoader": ([("depth_model", "DEPTH_ANYTHING")], [("mimicbrush", "MIMICBRUSH_MODEL")]),
-    "MimicBrushEncodeReference": ([("mimicbrush", "MIMICBRUSH_MODEL"), ("image", "IMAGE")],
+    "MimicBrushEncodeReference": ([("mimicbrush", "MIMICBRUSH_MODEL"), ("image", "IMAGE"), ("reference_mask", "MASK")],
                                   [("reference", "MIMICBRUSH_REFERENCE")]),
+    "MimicBrushJoinReferences": ([("reference_a", "MIMICBRUSH_REFERENCE"), ("reference_b", "MIMICBRUSH_REFERENCE")],
+                                 [("reference", "MIMICBRUSH_REFERENCE")]),
     "MimicBrushDepth": ([("depth_model", "DEPTH_ANYTHING"), ("image", "IMAGE")],
                         [("depth_image", "IMAGE"), ("shape_depth", "MIMICBRUSH_DEPTH")]),
     "MimicBrushCropAroundMask": ([("image", "IMAGE"), ("mask", "MASK")],
@@ -34,7 +36,7 @@ SLOTS = {
 }
 # Widgets that the page shows but that are not inputs of the node (they follow the named widget).
 UI_ONLY_WIDGETS = {("MimicBrushSampler", "seed"): "fixed"}
-OPTIONAL_INPUTS = {("MimicBrushSampler", "shape_depth")}
+OPTIONAL_INPUTS = {("MimicBrushSampler", "shape_depth"), ("MimicBrushEncodeReference", "reference_mask")}
 
 
 @dataclass
@@ -49,6 +51,14 @@ class Node:
 
 
 DEMO_CHOICE = "built-in demo (tiny, synthetic)"  # nodes/model_folders.py
+
+
+def encoder(node_id: int, pos, image, reference_mask=None, title=None) -> Node:
+    links = {"mimicbrush": (2, 0), "image": image}
+    if reference_mask is not None:
+        links["reference_mask"] = reference_mask
+    return Node(node_id, "MimicBrushEncodeReference", pos, {"batch": "one reference per image"}, links, title,
+                (340, 100))
 
 
 def loaders(checkpoint_y: int = 80, demo: bool = False) -> list[Node]:
@@ -69,7 +79,7 @@ def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=4
     return Node(node_id, "MimicBrushSampler", pos,
                 {"steps": steps, "guidance": guidance, "seed": seed, "batch_size": 1, "region": region,
                  "working_size": working_size, "context": 2.0, "sampler": "ddim (exact)", "reference_every": 1,
-                 "guided_fraction": 1.0, "deep_features_every": 1},
+                 "guided_fraction": 1.0, "deep_features_every": 1, "reference_strength": 1.0, "denoise": 1.0},
                 links, title, (340, 406))
 
 
@@ -80,10 +90,27 @@ WORKFLOWS = {
              title="Source (the masked shape is repainted)", size=(320, 110)),
         Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_demo_reference.png"},
              title="Reference (the same shape, another view)", size=(320, 110)),
-        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        encoder(5, (480, 250), (4, 0)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), title="Edit with the built-in demo model (128 px)",
                 region="whole image (authors)", working_size=128, steps=25, guidance=3.0),
         Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_demo"}, {"images": (6, 0)}, size=(400, 400)),
+    ],
+    "mimicbrush_demo_two_references": [
+        *loaders(demo=True),
+        Node(3, "MimicBrushExampleImage", (40, 440), {"image": "mimicbrush_demo_source.png"},
+             title="Source (the masked shape is repainted)", size=(360, 110)),
+        Node(4, "MimicBrushExampleImage", (40, 600), {"image": "mimicbrush_demo_reference_cluttered.png"},
+             title="Reference 1: two shapes, the right one masked", size=(360, 110)),
+        Node(8, "MimicBrushExampleImage", (40, 760), {"image": "mimicbrush_demo_reference_other_view.png"},
+             title="Reference 2: the shape in another view", size=(360, 110)),
+        encoder(5, (460, 580), (4, 0), (4, 1), title="Encode reference 1 (imitate the masked part)"),
+        encoder(9, (460, 740), (8, 0), title="Encode reference 2"),
+        Node(10, "MimicBrushJoinReferences", (840, 660), links={"reference_a": (5, 0), "reference_b": (9, 0)},
+             title="Imitate both together", size=(260, 80)),
+        sampler(6, (1160, 160), (3, 0), (3, 1), (10, 0), title="Edit with the built-in demo model (128 px)",
+                region="whole image (authors)", working_size=128, steps=25, guidance=3.0),
+        Node(7, "SaveImage", (1540, 160), {"filename_prefix": "mimicbrush_demo_two_references"}, {"images": (6, 0)},
+             size=(400, 400)),
     ],
     "mimicbrush_part_composition": [
         *loaders(),
@@ -91,7 +118,7 @@ WORKFLOWS = {
              title="Source (its mask is painted in; use Load Image for your own)",
              size=(320, 110)),
         Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 110)),
-        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        encoder(5, (480, 250), (4, 0)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0)),
         Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush"}, {"images": (6, 0)}, size=(400, 400)),
     ],
@@ -101,7 +128,7 @@ WORKFLOWS = {
              size=(320, 110)),
         Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_texture.png"}, title="Texture reference",
              size=(320, 110)),
-        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        encoder(5, (480, 250), (4, 0)),
         Node(8, "MimicBrushDepth", (480, 60), links={"depth_model": (1, 0), "image": (3, 0)}, size=(300, 80)),
         Node(9, "PreviewImage", (1220, 600), links={"images": (8, 0)}, title="Depth (shape control)", size=(320, 300)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), shape_depth=(8, 1)),
@@ -114,7 +141,7 @@ WORKFLOWS = {
         Node(10, "MimicBrushExampleImage", (40, 840), {"image": "mimicbrush_source_2.png"}, title="Source B", size=(320, 110)),
         Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference (encoded once)",
              size=(320, 110)),
-        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        encoder(5, (480, 250), (4, 0)),
         sampler(6, (840, 160), (3, 0), (3, 1), (5, 0), title="Edit A"),
         sampler(11, (840, 640), (10, 0), (10, 1), (5, 0), seed=7, title="Edit B"),
         Node(7, "SaveImage", (1220, 160), {"filename_prefix": "mimicbrush_a"}, {"images": (6, 0)}, size=(400, 400)),
@@ -127,7 +154,7 @@ WORKFLOWS = {
         Node(4, "MimicBrushExampleImage", (420, 440), {"image": "mimicbrush_reference.png"}, title="Reference", size=(320, 110)),
         Node(13, "MimicBrushCropAroundMask", (420, 60), {"working_size": 512, "context": 2.0, "min_side": 256},
              {"image": (3, 0), "mask": (3, 1)}, title="Crop around the mask (any nodes may follow)", size=(340, 150)),
-        Node(5, "MimicBrushEncodeReference", (480, 250), links={"mimicbrush": (2, 0), "image": (4, 0)}, size=(300, 60)),
+        encoder(5, (480, 250), (4, 0)),
         sampler(6, (840, 160), (13, 0), (13, 1), (5, 0), title="Edit the crop", region="whole image (authors)"),
         Node(14, "MimicBrushStitch", (1220, 30), links={"crop": (13, 2), "image": (6, 0)}, size=(300, 60)),
         Node(7, "SaveImage", (1220, 150), {"filename_prefix": "mimicbrush_large"}, {"images": (14, 0)},

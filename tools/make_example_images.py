@@ -8,12 +8,18 @@ ComfyUI's mask editor saves a painted mask, so LoadImage gives both the IMAGE an
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mimic_core.demo.imitation import another_view, beside_distractor  # noqa: E402
+from mimic_core.demo.synthetic import EXAMPLE_SEED, EXAMPLE_SIZE, Pair, make_pair  # noqa: E402
+
 OUT = REPO / "workflows" / "inputs"
 
 
@@ -71,6 +77,24 @@ def knitted_texture(width: int, height: int) -> Image.Image:
     return Image.fromarray(red.clip(0, 255).astype(np.uint8))
 
 
+def distractor_for(pair: Pair) -> Pair:
+    """The first held-out pair after the demo example's whose object shares neither of its colours."""
+    colours = {pair.scene.base_colour, pair.scene.pattern_colour}
+    seed = EXAMPLE_SEED + 1
+    while colours & {(other := make_pair(seed, EXAMPLE_SIZE)).scene.base_colour, other.scene.pattern_colour}:
+        seed += 1
+    return other
+
+
+def demo_references() -> tuple[Image.Image, Image.Image]:
+    """The two-reference demo's references: the example's object beside a distractor, the object's
+    half masked in the alpha channel (as the mask editor saves it), and the object in a third view."""
+    pair = make_pair(EXAMPLE_SEED, EXAMPLE_SIZE)
+    cluttered, object_half, _ = beside_distractor(pair, distractor_for(pair))
+    masked = with_mask_as_alpha(Image.fromarray(cluttered), Image.fromarray((object_half * 255).astype(np.uint8)))
+    return masked, Image.fromarray(another_view(pair, EXAMPLE_SEED))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     mug, mask = mug_scene(640, 480, (236, 236, 232))
@@ -89,6 +113,9 @@ def main() -> None:
         with_mask_as_alpha(source.convert("RGB"), mask.convert("L")).save(OUT / "mimicbrush_demo_source.png")
     with Image.open(demo / "reference.png") as reference:
         reference.convert("RGB").save(OUT / "mimicbrush_demo_reference.png")
+    cluttered, other_view = demo_references()
+    cluttered.save(OUT / "mimicbrush_demo_reference_cluttered.png")
+    other_view.save(OUT / "mimicbrush_demo_reference_other_view.png")
 
 
 if __name__ == "__main__":

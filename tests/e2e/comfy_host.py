@@ -30,7 +30,8 @@ CHECKPOINT = "mimicbrush_tiny.safetensors"
 VAE = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 DEPTH = "depth_anything_vitb14.pth"
 NODE_TYPES = ["MimicBrushExampleImage", "MimicBrushLoader", "DepthAnythingLoader", "MimicBrushDepth",
-              "MimicBrushEncodeReference", "MimicBrushSampler", "MimicBrushCropAroundMask", "MimicBrushStitch"]
+              "MimicBrushEncodeReference", "MimicBrushJoinReferences", "MimicBrushSampler", "MimicBrushCropAroundMask",
+              "MimicBrushStitch"]
 TEST_STEPS = 2
 """Sampling steps of the shipped workflows when run on the tiny fixture models."""
 DEMO_CHOICE = "built-in demo (tiny, synthetic)"
