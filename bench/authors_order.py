@@ -128,8 +128,11 @@ class AuthorsOrderPipeline(MimicBrushPipeline):
                     raise EditInterrupted("stopped")
                 models.referencenet(torch.cat([reference_latents] * 2 * samples), timestep,
                                     encoder_hidden_states=context)
-                model_input = torch.cat([scheduler.scale_model_input(torch.cat([latents] * 2), timestep), conditioning], 1)
-                eps_uncond, eps_cond = models.unet(model_input, timestep, encoder_hidden_states=context).sample.chunk(2)
+                # the engine's float32 sampling state, so that both run in fp16 or bf16 too (bench/gpu_check.py)
+                scaled = scheduler.scale_model_input(torch.cat([latents] * 2), timestep).to(conditioning.dtype)
+                model_input = torch.cat([scaled, conditioning], 1)
+                output = models.unet(model_input, timestep, encoder_hidden_states=context).sample
+                eps_uncond, eps_cond = output.float().chunk(2)
                 latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), timestep, latents).prev_sample
                 if callback is not None:
                     callback(index + 1, len(scheduler.timesteps), latents)

@@ -2,6 +2,8 @@
 
     python bench/speed.py [--size full|tiny] [--steps 3] [--work DIR]
     python bench/speed.py --options [--size full|tiny] [--steps 3]   # what each edit option costs
+    python bench/speed.py --presets [--size full|tiny] [--steps 3]   # each quality preset's whole edit
+    python bench/speed.py ... --dtype bf16                           # ours in bf16, the authors' in fp32
 
 ``full`` builds SD-1.5-size components with random weights (860M-parameter U-Nets, CLIP ViT-H/14,
 Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin`` and as our
@@ -14,7 +16,11 @@ own, against which its speed-up is reckoned; loading each file runs alone. fp32 
 Prints one Markdown table. ``tiny`` does the same on
 the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
 ``--options`` instead times each option beyond the authors (:data:`OPTION_MODES`) taking turns
-with a plain exact edit, and prints what it adds per step and per edit.
+with a plain exact edit, and prints what it adds per step and per edit. ``--presets`` runs the
+whole edit of each quality preset (:data:`mimic_core.edit_options.QUALITY_PRESETS`) taking turns
+with an exact edit, and prints its measured time against exact 50-step DDIM's. ``--dtype`` sets
+the precision of ours (the authors' order stays fp32): bf16 is the CPU's fast precision where it
+has native bf16 (AVX512-BF16 or AMX; :func:`mimic_core.models.native_cpu_precision`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.authors_order import AuthorsOrderPipeline  # noqa: E402
 from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config  # noqa: E402
+from mimic_core.command_options import DTYPES  # noqa: E402
 from mimic_core.deep_cache import whole_steps  # noqa: E402
+from mimic_core.edit_options import QUALITY_PRESETS, describe_quality  # noqa: E402
 from mimic_core.models import load_models  # noqa: E402
 from mimic_core.pipeline import MimicBrushPipeline  # noqa: E402
 
@@ -127,7 +135,9 @@ def _inputs(mode: str = "exact"):
     reference = torch.from_numpy(rng.random((1, 400, 300, 3), dtype=np.float32))
     if mode == "two references":
         reference = [reference, reference.flip(2)]
-    return source, mask, reference, OPTION_MODES.get(mode, {})
+    if mode.startswith("quality "):
+        return source, mask, reference, dict(QUALITY_PRESETS[mode[len("quality "):]])
+    return source, mask, reference, dict(OPTION_MODES.get(mode, {}))
 
 
 OPTION_MODES = {"two references": {}, "reference mask": {}, "reference strength 0.5": {"reference_strength": 0.5},
@@ -168,11 +178,14 @@ class Turns:
         print("step", flush=True)
 
 
-def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | None = None) -> dict:
-    """One edit, timed step by step; with ``turns``, one step at a time while another child waits."""
+def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | None = None,
+                 dtype: torch.dtype = torch.float32) -> dict:
+    """One edit, timed step by step; with ``turns``, one step at a time while another child waits.
+    ``dtype`` is ours; the authors' order runs fp32."""
     torch.manual_seed(0)
     # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
-    models = load_models(files["safetensors"], files["vae"], files["depth"], inference_layers=mode != "authors")
+    models = load_models(files["safetensors"], files["vae"], files["depth"], inference_layers=mode != "authors",
+                         dtype=torch.float32 if mode == "authors" else dtype)
     source, mask, reference, edit_options = _inputs(mode)
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
@@ -180,7 +193,7 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     # (and at the first unguided one), to time guided and unguided, whole and shallow steps
     options = ({"sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.5,
                 "deep_features_every": FAST_DEEP_EVERY} if mode == "fast" else edit_options)
-    run_steps = 2 * steps if mode == "fast" else steps
+    run_steps = 2 * steps if mode == "fast" else options.pop("steps", steps)
     kinds, current = [], {}
     unet = pipeline.models.unet
     hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: current.update(rows=output.shape[0])),
@@ -213,7 +226,7 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     report = {"mode": mode, "total_s": total, "steps": run_steps, "first_step_s": durations[0],
               "loop_s": sum(durations), "peak_rss_gib": peak_resident_gib(), "steady_steps_s": durations[1:],
               "step_s": {kind: float(np.mean(values)) for kind, values in steady.items()}}
-    report["steady_step_s"] = report["step_s"]["guided_whole"]
+    report["steady_step_s"] = report["step_s"].get("guided_whole", float("nan"))
     return report
 
 
@@ -307,6 +320,10 @@ def main() -> int:
     parser.add_argument("--work", help="folder for the random-weight files (default: a temporary folder)")
     parser.add_argument("--options", action="store_true",
                         help="time each edit option beyond the authors beside a plain exact edit instead")
+    parser.add_argument("--presets", action="store_true",
+                        help="run each quality preset's whole edit beside a plain exact edit instead")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                        help="precision of ours (the authors' order stays fp32; default %(default)s)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -318,7 +335,8 @@ def main() -> int:
         if args.child.startswith("load-"):
             report = measure_load(files, args.child[len("load-"):])
         else:
-            report = measure_edit(files, args.child, args.steps, Path(args.out), Turns() if args.turns else None)
+            report = measure_edit(files, args.child, args.steps, Path(args.out), Turns() if args.turns else None,
+                                  DTYPES[args.dtype])
         print(json.dumps(report))
         return 0
 
@@ -327,7 +345,7 @@ def main() -> int:
         started = time.perf_counter()
         files = build_files(args.size, work)
         print(f"built {args.size} random-weight files in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        common = ["--size", args.size, "--steps", str(args.steps), "--files", json.dumps(files)]
+        common = ["--size", args.size, "--steps", str(args.steps), "--dtype", args.dtype, "--files", json.dumps(files)]
         def in_turns(modes: tuple[str, ...], name: str) -> list[dict]:
             return take_turns([[sys.executable, __file__, "--child", mode, "--turns",
                                 "--out", str(work / f"{name}_{index}.pt"), *common] for index, mode in enumerate(modes)])
@@ -335,6 +353,9 @@ def main() -> int:
         if args.options:
             return print_option_costs({mode: in_turns(("exact", mode), f"option_{index}")
                                        for index, mode in enumerate(OPTION_MODES)}, args)
+        if args.presets:
+            return print_preset_costs({name: in_turns(("exact", f"quality {name}"), f"preset_{name}")
+                                       for name in QUALITY_PRESETS if name != "exact"}, args)
 
         rows = dict(zip(("authors", "exact"), in_turns(("authors", "exact"), "exact_pair")))
         authors, exact = torch.load(work / "exact_pair_0.pt"), torch.load(work / "exact_pair_1.pt")
@@ -359,9 +380,11 @@ def main() -> int:
     f["fixed_s"] = f["total_s"] - f["loop_s"] + f["first_step_s"] - step_s["guided_whole"] - reference_pass
     authors_50, exact_50, exact_50_beside_fast = (row["fixed_s"] + 50 * row["steady_step_s"] for row in (a, e, x))
     ratios = [ours / theirs for theirs, ours in zip(a["steady_steps_s"], e["steady_steps_s"])]
-    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512²; the authors' order and exact "
+    print(f"\n{args.size} size, ours {args.dtype}, the authors' fp32, CPU ({torch.get_num_threads()} threads), 512²; "
+          f"the authors' order and exact "
           f"mode {args.steps} steps each, taking turns step by step")
-    print(f"exact vs authors' order: relative error of the final latents {relative:.2e} (must be <= 1e-4)\n")
+    print(f"exact vs authors' order: relative error of the final latents {relative:.2e} "
+          f"({'must be <= 1e-4' if args.dtype == 'fp32' else 'not exact: ours in ' + args.dtype})\n")
     print("| measurement | authors' order | ours | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| s per DDIM step (steady: mean of steps 2-{args.steps}; each pair's ratio "
@@ -393,13 +416,13 @@ def main() -> int:
                   f"{ours['total_s'] / authors['total_s']:.2f} / {ours['peak_rss_gib'] / authors['peak_rss_gib']:.2f} |")
     print(f"\nPer-edit totals for 50 and {FAST_STEPS} steps are the measured fixed cost plus measured per-step costs; "
           "bench/fast_mode_quality.py measures what each fast setting does to the result.")
-    return 0 if relative <= 1e-4 else 1
+    return 0 if relative <= 1e-4 or args.dtype != "fp32" else 1  # only fp32 is exact
 
 
 def print_option_costs(pairs: dict[str, list[dict]], args) -> int:
     """The table of ``--options``: each option's step and fixed cost against the exact edit it took
     turns with."""
-    print(f"\n{args.size} size, fp32, CPU ({torch.get_num_threads()} threads), 512²; each option and a plain exact "
+    print(f"\n{args.size} size, {args.dtype}, CPU ({torch.get_num_threads()} threads), 512²; each option and a plain exact "
           f"edit {args.steps} steps each, taking turns step by step\n")
     print("| option | exact s per step | option s per step | step ratio | exact fixed s | option fixed s |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -410,6 +433,21 @@ def print_option_costs(pairs: dict[str, list[dict]], args) -> int:
               f"{option['steady_step_s'] / exact['steady_step_s']:.3f} | {exact['fixed_s']:.1f} | "
               f"{option['fixed_s']:.1f} |")
     print("\nFixed cost: the edit's time outside its steady steps (encoding the reference, for the mask, included).")
+    return 0
+
+
+def print_preset_costs(pairs: dict[str, list[dict]], args) -> int:
+    """The table of ``--presets``: each preset's measured edit against the exact edit it took turns
+    with, reckoned at 50 steps (its fixed cost plus 50 of its steady steps)."""
+    print(f"\n{args.size} size, {args.dtype}, CPU ({torch.get_num_threads()} threads), 512²; each preset's whole edit "
+          f"and an exact edit of {args.steps} steps, taking turns step by step\n")
+    print("| preset | exact s per step | exact 50 steps, s per edit | preset s per edit | faster than exact |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (exact, preset) in pairs.items():
+        exact_50 = exact["total_s"] + (50 - args.steps) * exact["steady_step_s"]
+        print(f"| {name}: {describe_quality(name)} | {exact['steady_step_s']:.2f} | {exact_50:.0f} | "
+              f"{preset['total_s']:.0f} | {exact_50 / preset['total_s']:.1f}x |")
+    print("\nbench/fast_mode_quality.py scores each preset on the demo model.")
     return 0
 
 

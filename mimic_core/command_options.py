@@ -8,14 +8,16 @@ so a typo costs a second, not a model load.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import torch
 
-from .edit_options import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_REFERENCE_STRENGTH, REGIONS, SAMPLERS,
-                           OptionError, RegionOptions, SamplingOptions)
+from .edit_options import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_REFERENCE_STRENGTH, QUALITY_PRESETS, REGIONS,
+                           SAMPLERS, OptionError, describe_quality, RegionOptions, SamplingOptions)
 from .errors import InputError
 
+logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CONFIG_DIR_ENV = "MIMICBRUSH_CONFIG_DIR"
 
@@ -40,16 +42,20 @@ def add_model_options(options) -> None:
                               "stitched back; crop_each: one crop per masked region (default %(default)s)")
     options.add_argument("--working-size", type=int,
                          help="square side the model works on, a multiple of 64 (default 512; the demo model's 128)")
-    options.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
-                         help="ddim is the authors' (exact); the others are fast mode for 20-25 steps")
-    options.add_argument("--reference-every", type=int, default=1,
-                         help="recompute reference features every k steps; 1 exact, 0 once (fast mode)")
-    options.add_argument("--guided-fraction", type=float, default=1.0,
-                         help="share of the steps, from the first, with classifier-free guidance; 1 exact, less is "
-                              "fast mode (the later steps run the conditional branch alone, at half the cost)")
-    options.add_argument("--deep-features-every", type=int, default=1,
+    options.add_argument("--quality", choices=list(QUALITY_PRESETS),
+                         help="a named setting of --steps, --sampler, --reference-every, --guided-fraction and "
+                              "--deep-features-every (each one given still wins): "
+                              + "; ".join(f"{name}: {describe_quality(name)}" for name in QUALITY_PRESETS))
+    options.add_argument("--sampler", choices=list(SAMPLERS),
+                         help="ddim is the authors' (exact, the default); the others are fast mode for 10-25 steps")
+    options.add_argument("--reference-every", type=int,
+                         help="recompute reference features every k steps; 1 exact (default), 0 once (fast mode)")
+    options.add_argument("--guided-fraction", type=float,
+                         help="share of the steps, from the first, with classifier-free guidance; 1 exact (default), "
+                              "less is fast mode (the later steps run the conditional branch alone, at half the cost)")
+    options.add_argument("--deep-features-every", type=int,
                          help="run the whole imitative U-Net every k steps and only its outermost level between, "
-                              "on the deep features kept (DeepCache); 1 exact, 2-5 fast mode")
+                              "on the deep features kept (DeepCache); 1 exact (default), 2-5 fast mode")
     options.add_argument("--reference-strength", type=float, default=1.0,
                          help=f"how much the reference's attention weighs, 0 to {MAX_REFERENCE_STRENGTH:g}: 1 is the "
                               "model's own (exact); 0 imitates through the CLIP embedding alone")
@@ -70,17 +76,18 @@ def option_name(setting: str) -> str:
 
 def sampling_options(args: argparse.Namespace, steps: int, guidance: float, working_size: int,
                      num_samples: int = 1) -> SamplingOptions:
-    """The sampling options given (the defaults passed where one is not), checked as the engine checks
-    them; a refusal names the command's option."""
+    """The sampling options given, checked as the engine checks them; a refusal names the command's
+    option. One not given is taken from ``--quality``'s preset when there is one, else from the
+    defaults passed (``steps``, ``guidance``, ``working_size``) or the engine's."""
+    given = {name: getattr(args, name) for name in ("steps", "sampler", "reference_every", "guided_fraction",
+                                                     "deep_features_every") if getattr(args, name) is not None}
     try:
-        return SamplingOptions(
-            steps=steps if args.steps is None else args.steps,
-            guidance=guidance if args.guidance is None else args.guidance,
-            seed=args.seed, num_samples=num_samples,
-            working_size=working_size if args.working_size is None else args.working_size,
-            sampler=args.sampler, reference_every=args.reference_every, guided_fraction=args.guided_fraction,
-            deep_features_every=args.deep_features_every, reference_strength=args.reference_strength,
-            denoise=args.denoise)
+        fields = dict(guidance=guidance if args.guidance is None else args.guidance, seed=args.seed,
+                      num_samples=num_samples, working_size=working_size if args.working_size is None else args.working_size,
+                      reference_strength=args.reference_strength, denoise=args.denoise)
+        if args.quality is not None:
+            return SamplingOptions.with_quality(args.quality, **fields, **given)
+        return SamplingOptions(**{"steps": steps, **fields, **given})
     except OptionError as err:
         raise err.spelled({err.option: option_name(err.option)}) from None
 
@@ -120,6 +127,11 @@ def check_device(name: str) -> torch.device:
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
     """``--device`` and ``--dtype`` as given (the device checked to exist), or their defaults (cuda when
-    available; fp16 on a GPU, fp32 on the CPU)."""
+    available; fp16 on a GPU, fp32 on the CPU). A half precision the CPU only emulates is warned about."""
+    from .models import slow_precision_warning
+
     device = str(check_device(device)) if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return device, DTYPES[dtype] if dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)
+    chosen = DTYPES[dtype] if dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)
+    if (warning := slow_precision_warning(chosen, device)) is not None:
+        logger.warning(warning)
+    return device, chosen

@@ -36,6 +36,32 @@ MAX_REFERENCE_STRENGTH = 2.0
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 """ComfyUI's seed widget range (0 to 2**64 - 1), which torch's generator takes whole."""
 WORKING_SIZES = range(64, 1024 + 1, 64)
+QUALITY_PRESETS = {
+    "exact": {"steps": DEFAULT_STEPS, "sampler": "ddim", "reference_every": 1, "guided_fraction": 1.0,
+              "deep_features_every": 1},
+    "balanced": {"steps": 12, "sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 1.0,
+                 "deep_features_every": 3},
+    "fast": {"steps": 6, "sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 1.0,
+             "deep_features_every": 3},
+}
+"""Named settings of the sampling options that trade exactness for speed. exact: the authors'
+sampling. balanced and fast: the fewer-step solver, the reference computed once and the deep
+features reused, each setting chosen by ``bench/fast_mode_quality.py`` (the demo model's error)
+and ``bench/speed.py`` (the cost at the released size); guidance stays on at every step, which
+is what imitation pays for most when it is skipped."""
+
+
+def describe_quality(name: str) -> str:
+    """A preset in words, e.g. "dpmpp_2m 10 steps, reference once, deep features every 5"."""
+    preset = QUALITY_PRESETS[name]
+    words = [f"{preset['sampler']} {preset['steps']} steps"]
+    if preset["reference_every"] != 1:
+        words.append("reference once" if preset["reference_every"] == 0 else f"reference every {preset['reference_every']}")
+    if preset["guided_fraction"] != 1:
+        words.append(f"guided fraction {preset['guided_fraction']:g}")
+    if preset["deep_features_every"] != 1:
+        words.append(f"deep features every {preset['deep_features_every']}")
+    return ", ".join(words)
 
 
 class OptionError(InputError):
@@ -119,6 +145,13 @@ class SamplingOptions:
             raise OptionError("denoise", f"{self.denoise:g} with {self.steps} steps asks for a schedule of "
                                          f"{self.schedule_steps} steps, more than the model's {TRAIN_TIMESTEPS}: raise "
                                          f"denoise to at least {self.steps / TRAIN_TIMESTEPS:g} or take fewer steps.")
+
+    @classmethod
+    def with_quality(cls, quality: str, **settings) -> SamplingOptions:
+        """The options of the named :data:`QUALITY_PRESETS` entry, ``settings`` given overriding it."""
+        if quality not in QUALITY_PRESETS:
+            raise OptionError("quality", f"must be one of {', '.join(QUALITY_PRESETS)}, got {quality!r}.")
+        return cls(**{**QUALITY_PRESETS[quality], **settings})
 
     @property
     def schedule_steps(self) -> int:

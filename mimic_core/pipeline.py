@@ -328,24 +328,28 @@ class MimicBrushPipeline:
         mask_at_size = pre.binary_mask_at(square_mask, working_size)
         depth_feature = self.models.depth_guider(self._to_model(depth_map), size=working_size)
 
+        # the sampling state (noise, latents, the solver's arithmetic) is float32 whatever the networks'
+        # precision, as ComfyUI's samplers keep it: in fp16 or bf16 only the networks round
         shape = (1, 4, latent_size, latent_size)
         reference_noise = randn_tensor((max(len(encoded.images), 1),) + shape[1:], generator=generator, device=device,
-                                       dtype=dtype)
-        noise = randn_tensor((sampling.num_samples,) + shape[1:], generator=generator, device=device, dtype=dtype)
+                                       dtype=torch.float32)
+        noise = randn_tensor((sampling.num_samples,) + shape[1:], generator=generator, device=device,
+                             dtype=torch.float32)
         collage_mean, collage_std = self._posterior([collage], working_size)
-        collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
 
         scale = self.scaling_factor
         reference_latents = None
         if encoded.imitates:
             reference_mean, reference_std = self._reference_posterior(encoded, working_size)
-            reference_latents = (reference_mean + reference_std * reference_noise) * scale
-        masked_latents = (collage_mean + collage_std * collage_noise) * scale
-        source_latents = self._posterior([square_source], working_size)[0] * scale if sampling.denoise < 1 else None
+            reference_latents = ((reference_mean + reference_std * reference_noise) * scale).to(dtype)
+        masked_latents = ((collage_mean + collage_std * collage_noise) * scale).to(dtype)
+        source_latents = (self._posterior([square_source], working_size)[0].float() * scale
+                          if sampling.denoise < 1 else None)
         latents = self._denoise(
             noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, latent_size)),
             depth_feature, encoded, sampling, callback, should_stop, source_latents)
-        square = np.stack([pre.output_to_uint8(self.models.vae.decode(latent[None] / scale).sample)[0]
+        square = np.stack([pre.output_to_uint8(self.models.vae.decode((latent[None] / scale).to(dtype)).sample)[0]
                            for latent in latents])
         return latents, square
 
@@ -399,7 +403,8 @@ class MimicBrushPipeline:
                 guided = index < guided_steps
                 rows = 2 * samples if guided else samples
                 model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, timestep)
-                model_input = torch.cat([model_input, conditioning.expand(rows, -1, -1, -1)], dim=1)
+                model_input = torch.cat([model_input.to(conditioning.dtype), conditioning.expand(rows, -1, -1, -1)],
+                                        dim=1)
                 context = guided_context if guided else cond
                 if deep is None:
                     eps = models.unet(model_input, timestep, encoder_hidden_states=context).sample
@@ -407,6 +412,7 @@ class MimicBrushPipeline:
                     eps = deep.full(model_input, timestep, context)
                 else:
                     eps = deep.shallow(model_input, timestep, context)
+                eps = eps.float()
                 if guided:
                     eps_uncond, eps_cond = eps.chunk(2)
                     eps = eps_uncond + sampling.guidance * (eps_cond - eps_uncond)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import logging
 
 import torch
 
@@ -17,16 +18,19 @@ import latent_preview
 
 from ..mimic_core.errors import MimicBrushError
 
+logger = logging.getLogger(__name__)
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 
 
 def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "fp32":
-        return torch.float32
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
+    """The precision asked for (a half precision the CPU only emulates is warned about), or auto's."""
+    if precision != "auto":
+        from ..mimic_core.models import slow_precision_warning
+
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if (warning := slow_precision_warning(dtype, device)) is not None:
+            logger.warning(warning)
+        return dtype
     if device.type == "cpu":
         return torch.float32
     if mm.should_use_fp16(device):

@@ -79,8 +79,9 @@ def sampler(node_id: int, pos, source, mask, reference, shape_depth=None, seed=4
     return Node(node_id, "MimicBrushSampler", pos,
                 {"steps": steps, "guidance": guidance, "seed": seed, "batch_size": 1, "region": region,
                  "working_size": working_size, "context": 2.0, "sampler": "ddim (exact)", "reference_every": 1,
-                 "guided_fraction": 1.0, "deep_features_every": 1, "reference_strength": 1.0, "denoise": 1.0},
-                links, title, (340, 406))
+                 "guided_fraction": 1.0, "deep_features_every": 1, "reference_strength": 1.0, "denoise": 1.0,
+                 "quality": "custom (the options above)"},
+                links, title, (340, 430))
 
 
 WORKFLOWS = {

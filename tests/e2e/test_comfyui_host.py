@@ -159,6 +159,41 @@ def test_the_encoder_takes_a_reference_mask_and_a_batch_as_one_reference(comfy_h
     assert entry["status"]["status_str"] == "success", error_message(entry)
 
 
+def test_a_quality_preset_runs_its_own_steps_in_place_of_the_widgets(comfy_host):
+    """The sampler's quality choice on the real host: the progress bar counts the fast preset's
+    steps, not the steps widget's."""
+    from mimic_core.edit_options import QUALITY_PRESETS
+
+    prompt = _base_prompt()
+    prompt["6"]["inputs"].update(quality="fast", steps=2, seed=106)
+    events = asyncio.run(_progress_of(comfy_host, prompt))
+    assert events[-1] == "executing done", events[-10:]
+    assert [event for event in events if event.startswith("progress")][-1] == \
+        f"progress {QUALITY_PRESETS['fast']['steps']}/{QUALITY_PRESETS['fast']['steps']}", events
+
+
+async def _progress_of(comfy_host, prompt: dict) -> list[str]:
+    """The progress events of one prompt ("progress value/max"), ending with how it ended."""
+    client = comfy_host.client
+    events: list[str] = []
+    ws_url = comfy_host.url.replace("http", "ws") + f"/ws?clientId={client.client_id}"
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+        client.queue(prompt)
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue  # previews
+            event = json.loads(message.data)
+            if event["type"] == "progress":
+                events.append(f"progress {event['data']['value']}/{event['data']['max']}")
+            elif event["type"] in ("execution_error", "execution_interrupted"):
+                events.append(event["type"])
+                break
+            elif event["type"] == "executing" and event["data"].get("node") is None:
+                events.append("executing done")
+                break
+    return events
+
+
 def test_the_server_edits_after_every_bad_input(comfy_host):
     _assert_next_prompt_succeeds(comfy_host, 104)
 
