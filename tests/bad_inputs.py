@@ -52,6 +52,9 @@ CASES = [
     BadInput(CLI, "--reference-every -1", "--reference-every must be at least 0", {"--reference-every": "-1"}),
     BadInput(CLI, "--deep-features-every 0", "--deep-features-every must be at least 1",
              {"--deep-features-every": "0"}),
+    BadInput(CLI, "--quality turbo", "argument --quality: invalid choice: 'turbo'", {"--quality": "turbo"}),
+    BadInput(CLI, "--quality fast with --deep-features-every 0 (an option beside the preset wins, and is checked)",
+             "--deep-features-every must be at least 1", {"--quality": "fast", "--deep-features-every": "0"}),
     BadInput(CLI, "--device cuda on a machine without a CUDA GPU", "use --device cpu", {"--device": "cuda"}),
     BadInput(CLI, "--device tpu", "--device 'tpu' is not a device", {"--device": "tpu"}),
     BadInput(CLI, "--out edited.txt (no image format)", "does not end in an image format this can write",
@@ -119,6 +122,7 @@ CASES = [
              {"MimicBrushSampler.guided_fraction": float("nan")}),
     BadInput(NODE, "Sampler seed 2**64 (API prompt)", "bigger than max", {"MimicBrushSampler.seed": 2**64}),
     BadInput(NODE, "Sampler steps 0 (API prompt)", "smaller than min", {"MimicBrushSampler.steps": 0}),
+    BadInput(NODE, "Sampler quality 'turbo' (API prompt)", "turbo", {"MimicBrushSampler.quality": "turbo"}),
     BadInput(NODE, "Sampler reference_strength NaN (API prompt)", "reference_strength must be a finite number from 0",
              {"MimicBrushSampler.reference_strength": float("nan")}),
 ]
