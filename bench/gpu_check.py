@@ -167,11 +167,14 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
         self.process: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix="comfyui-", suffix=".log")[1])
+        self.link = comfy / "custom_nodes" / PACK_NAME
+        self.made_link = False
 
     def __enter__(self) -> "ComfyServer":
-        link = self.comfy / "custom_nodes" / PACK_NAME
+        link = self.link
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
+            self.made_link = True  # taken away again on exit: the user's ComfyUI is left as it was
         elif link.resolve() != REPO:
             raise SystemExit(f"{link} is another copy of the pack: move it aside to check this one")
         extra = ["--cpu"] if self.device == "cpu" else []
@@ -183,18 +186,21 @@ class ComfyServer:
                                             stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(360):
             if self.process.poll() is not None:
-                raise SystemExit(f"ComfyUI exited at start:\n{self.log.read_text()[-3000:]}")
+                break
             try:
                 self.get("/system_stats")
                 return self
             except OSError:
                 time.sleep(0.5)
-        raise SystemExit(f"ComfyUI did not answer in 180 s:\n{self.log.read_text()[-3000:]}")
+        self.__exit__()
+        raise SystemExit(f"ComfyUI did not start (log {self.log}):\n{self.log.read_text()[-3000:]}")
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
+        if self.made_link:
+            self.link.unlink()
 
     def get(self, route: str) -> dict:
         with urllib.request.urlopen(self.url + route, timeout=5) as response:

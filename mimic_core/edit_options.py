@@ -41,7 +41,7 @@ QUALITY_PRESETS = {
               "deep_features_every": 1},
     "balanced": {"steps": 12, "sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 1.0,
                  "deep_features_every": 3},
-    "fast": {"steps": 6, "sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 1.0,
+    "fast": {"steps": 5, "sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 1.0,
              "deep_features_every": 3},
 }
 """Named settings of the sampling options that trade exactness for speed. exact: the authors'
