@@ -97,9 +97,9 @@ class MimicBrushSampler:
                     "default": QUALITY_CHOICES[0],
                     "tooltip": "A named setting of steps, sampler, reference_every, guided_fraction and "
                                "deep_features_every, used in place of those widgets. exact: the authors' 50 DDIM "
-                               "steps. balanced: 20 DPM++ 2M steps, as good as exact on the demo model. fast: the "
-                               "fewest steps that stayed within 5% of exact's imitation. custom: the widgets "
-                               "above as they are."}),
+                               "steps. balanced and fast: fewer DPM++ 2M steps, the reference computed once and "
+                               "deep features reused (fast mode: not exact; fast is about 8x quicker than exact). "
+                               "custom: the widgets above as they are."}),
             },
         }
 
