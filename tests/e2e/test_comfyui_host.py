@@ -166,14 +166,16 @@ def test_a_quality_preset_runs_its_own_steps_in_place_of_the_widgets(comfy_host)
 
     prompt = _base_prompt()
     prompt["6"]["inputs"].update(quality="fast", steps=2, seed=106)
-    events = asyncio.run(_progress_of(comfy_host, prompt))
+    events = asyncio.run(_follow(comfy_host, prompt))
     assert events[-1] == "executing done", events[-10:]
     assert [event for event in events if event.startswith("progress")][-1] == \
         f"progress {QUALITY_PRESETS['fast']['steps']}/{QUALITY_PRESETS['fast']['steps']}", events
 
 
-async def _progress_of(comfy_host, prompt: dict) -> list[str]:
-    """The progress events of one prompt ("progress value/max"), ending with how it ended."""
+async def _follow(comfy_host, prompt: dict, interrupt_after: int | None = None) -> list[str]:
+    """Queue ``prompt`` and record what the websocket says of it: "progress value/max" per step,
+    "interrupt sent" when POST /interrupt went out (after ``interrupt_after`` progress events),
+    and how it ended ("executing done", "execution_interrupted" or "execution_error")."""
     client = comfy_host.client
     events: list[str] = []
     ws_url = comfy_host.url.replace("http", "ws") + f"/ws?clientId={client.client_id}"
@@ -185,6 +187,10 @@ async def _progress_of(comfy_host, prompt: dict) -> list[str]:
             event = json.loads(message.data)
             if event["type"] == "progress":
                 events.append(f"progress {event['data']['value']}/{event['data']['max']}")
+                steps = sum(seen.startswith("progress") for seen in events)
+                if steps == interrupt_after and "interrupt sent" not in events:
+                    client.interrupt()
+                    events.append("interrupt sent")
             elif event["type"] in ("execution_error", "execution_interrupted"):
                 events.append(event["type"])
                 break
@@ -205,32 +211,11 @@ def test_interrupt_ends_sampling_within_one_step(comfy_host):
     prompt["6"]["inputs"].update(steps=400, seed=104)
     warm = run_prompt(comfy_host, for_tiny_host(prompt, steps=1))  # loads everything: the long run only samples
     assert warm["status"]["status_str"] == "success"
-    events = asyncio.run(_interrupt_after(comfy_host, prompt, steps_before=3))
+    events = asyncio.run(_follow(comfy_host, prompt, interrupt_after=3))
     after = events[events.index("interrupt sent") + 1:]
     assert after[-1] == "execution_interrupted", events[-10:]
-    assert after.count("progress") <= 1, events[-10:]
+    assert sum(event.startswith("progress") for event in after) <= 1, events[-10:]
     _assert_next_prompt_succeeds(comfy_host, 105)
-
-
-async def _interrupt_after(comfy_host, prompt: dict, steps_before: int) -> list[str]:
-    client = comfy_host.client
-    events: list[str] = []
-    ws_url = comfy_host.url.replace("http", "ws") + f"/ws?clientId={client.client_id}"
-    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
-        client.queue(prompt)
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue  # previews
-            kind = json.loads(message.data)["type"]
-            if kind not in ("progress", "execution_interrupted", "execution_error"):
-                continue
-            events.append(kind)
-            if kind != "progress":
-                break
-            if events.count("progress") == steps_before and "interrupt sent" not in events:
-                client.interrupt()
-                events.append("interrupt sent")
-    return events
 
 
 def test_repeated_edits_succeed_reproduce_and_do_not_grow_memory(comfy_host):
