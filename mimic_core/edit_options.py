@@ -52,7 +52,7 @@ is what imitation pays for most when it is skipped."""
 
 
 def describe_quality(name: str) -> str:
-    """A preset in words, e.g. "dpmpp_2m 10 steps, reference once, deep features every 5"."""
+    """A preset in words, e.g. "dpmpp_2m 5 steps, reference once, deep features every 3"."""
     preset = QUALITY_PRESETS[name]
     words = [f"{preset['sampler']} {preset['steps']} steps"]
     if preset["reference_every"] != 1:

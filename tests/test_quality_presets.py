@@ -68,3 +68,16 @@ def test_a_bad_option_beside_a_preset_is_named_as_the_command_spells_it():
     with pytest.raises(InputError, match="--deep-features-every must be at least 1"):
         sampling_options(_edit_args("--quality", "fast", "--deep-features-every", "0"), 25, 5.0, 512)
 
+
+
+def test_the_sampler_node_offers_every_preset_after_custom():
+    """The node names the presets itself (loading the pack imports no diffusers); read from its
+    source, as importing it needs ComfyUI."""
+    import ast
+
+    from tests.support import REPO
+
+    tree = ast.parse((REPO / "nodes" / "sampler_nodes.py").read_text())
+    choices = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                   and getattr(node.targets[0], "id", None) == "QUALITY_CHOICES")
+    assert choices[0].startswith("custom") and tuple(choices[1:]) == tuple(QUALITY_PRESETS)
