@@ -20,7 +20,7 @@ with a plain exact edit, and prints what it adds per step and per edit. ``--pres
 whole edit of each quality preset (:data:`mimic_core.edit_options.QUALITY_PRESETS`) taking turns
 with an exact edit, and prints its measured time against exact 50-step DDIM's. ``--dtype`` sets
 the precision of ours (the authors' order stays fp32): bf16 is the CPU's fast precision where it
-has native bf16 (AVX512-BF16 or AMX; :func:`mimic_core.models.native_cpu_precision`).
+has native bf16 (AVX512-BF16 or AMX; :func:`mimic_core.cpu_precision.native_cpu_precision`).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def check_device(name: str) -> torch.device:
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
     """``--device`` and ``--dtype`` as given (the device checked to exist), or their defaults (cuda when
     available; fp16 on a GPU, fp32 on the CPU). A half precision the CPU only emulates is warned about."""
-    from .models import slow_precision_warning
+    from .cpu_precision import slow_precision_warning
 
     device = str(check_device(device)) if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     chosen = DTYPES[dtype] if dtype != "auto" else (torch.float16 if device != "cpu" else torch.float32)

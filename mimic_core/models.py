@@ -14,31 +14,9 @@ from .checkpoint import read_checkpoint
 from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
 from .feed_forward import chunk_feed_forwards
+from .files import release_mapped_pages
 from .prepacked import prepack_convolutions
 from .vae import load_vae
-
-
-def native_cpu_precision(dtype: torch.dtype) -> bool | None:
-    """Whether this CPU computes ``dtype`` natively in oneDNN (bf16: AVX512-BF16 or AMX; fp16:
-    AVX512-FP16 or AMX-FP16); None where this build of torch cannot tell. fp32 always."""
-    probes = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
-    if dtype not in probes:
-        return True
-    probe = getattr(torch.ops.mkldnn, probes[dtype], None)
-    return bool(probe()) if probe is not None else None
-
-
-def slow_precision_warning(dtype: torch.dtype, device: torch.device | str) -> str | None:
-    """The warning for a half precision chosen on a CPU that has no native support for it, or None.
-
-    There torch emulates it: on a 2-core AVX2 CPU (no AVX512) a bf16 3x3 convolution of the U-Net's
-    (320 channels, 64x64, batch 2) took 1.0 s channels-last and 31 s channels-first against 0.2 s
-    in fp32, and a 320->2560 linear layer 0.9 s against 0.15 s."""
-    if torch.device(device).type != "cpu" or native_cpu_precision(dtype) is not False:
-        return None
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    return (f"{name} on this CPU is emulated (it has no native {name}: AVX512-BF16, AVX512-FP16 or AMX), which "
-            f"makes an edit many times slower than fp32, not faster: choose fp32 (or auto) on this machine.")
 
 
 @dataclass
@@ -82,11 +60,21 @@ class MimicBrushModels:
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
+        """Move or cast every network, a layer at a time: a memory-mapped weight's pages are given
+        back as soon as its layer has its copy (:func:`~mimic_core.files.release_mapped_pages`), so a
+        cast of the released checkpoint to bf16 peaks at about the bf16 copies rather than those
+        plus every float32 weight read to make them."""
         for module in self.modules().values():
-            # torch's own move: diffusers' ModelMixin.to adds only checks for quantized and
-            # device-mapped models (ours are neither) and a warning on every cast about modules to
-            # keep in float32, of which these networks have none.
-            torch.nn.Module.to(module, device=device, dtype=dtype)
+            # leaves first (reversed pre-order puts every layer after all of its own layers), so each
+            # call moves only that layer's own tensors
+            for layer in reversed(list(module.modules())):
+                before = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+                # torch's own move: diffusers' ModelMixin.to adds only checks for quantized and
+                # device-mapped models (ours are neither) and a warning on every cast about modules to
+                # keep in float32, of which these networks have none.
+                torch.nn.Module.to(layer, device=device, dtype=dtype)
+                after = {id(t) for t in (*layer.parameters(recurse=False), *layer.buffers(recurse=False))}
+                release_mapped_pages([t for t in before if id(t) not in after])
         return self
 
 

@@ -25,7 +25,7 @@ PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The precision asked for (a half precision the CPU only emulates is warned about), or auto's."""
     if precision != "auto":
-        from ..mimic_core.models import slow_precision_warning
+        from ..mimic_core.cpu_precision import slow_precision_warning
 
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         if (warning := slow_precision_warning(dtype, device)) is not None:

@@ -94,14 +94,14 @@ def test_edit_without_model_options_runs_the_demo_model_and_says_so(tmp_path):
 def test_a_half_precision_the_cpu_only_emulates_is_warned_about_and_fp32_never(monkeypatch, caplog):
     import torch
 
-    from mimic_core import models
+    from mimic_core import cpu_precision
     from mimic_core.command_options import resolve_device_dtype
 
-    monkeypatch.setattr(models, "native_cpu_precision", lambda dtype: dtype == torch.float32)
+    monkeypatch.setattr(cpu_precision, "native_cpu_precision", lambda dtype: dtype == torch.float32)
     assert resolve_device_dtype("cpu", "bf16") == ("cpu", torch.bfloat16)
     assert "bf16 on this CPU is emulated" in caplog.text and "choose fp32" in caplog.text
     caplog.clear()
     resolve_device_dtype("cpu", "fp32")
     resolve_device_dtype("cpu", "auto")
     assert caplog.text == ""
-    assert models.slow_precision_warning(torch.bfloat16, "cuda") is None
+    assert cpu_precision.slow_precision_warning(torch.bfloat16, "cuda") is None

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mimic_core.files import load_safetensors
-from mimic_core.prepacked import PrepackedConv2d, prepack_convolutions
+from mimic_core.prepacked import PrepackedConv2d, packs_dtype, prepack_convolutions
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -86,6 +86,32 @@ def test_other_dtypes_and_autograd_take_the_stock_path():
     stock(x.clone().requires_grad_(True)).square().sum().backward()
     assert grad_in.grad is not None
     torch.testing.assert_close(packed.weight.grad, stock.weight.grad)
+
+
+@pytest.mark.skipif(not packs_dtype(torch.bfloat16), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+@pytest.mark.parametrize("cin,cout,kernel,stride,padding,shape", SHAPES)
+def test_bf16_runs_packed_where_the_cpu_has_it_within_bf16_rounding(cin, cout, kernel, stride, padding, shape):
+    stock, packed = _pair(cin, cout, kernel, stride, padding)
+    stock, packed = stock.bfloat16(), packed.bfloat16()
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        in_fp32 = nn.functional.conv2d(x, stock.weight.float(), stock.bias.float(), stride, padding)
+        result = packed(x.bfloat16())
+        assert packed._packed is not None and result.dtype == torch.bfloat16
+        # both bf16 results are the fp32 one of the bf16 weights, each rounded its own way
+        scale = in_fp32.abs().max()
+        assert (result.float() - in_fp32).abs().max() <= 2e-2 * scale
+        assert (stock(x.bfloat16()).float() - in_fp32).abs().max() <= 2e-2 * scale
+
+
+def test_bf16_takes_the_stock_path_where_the_cpu_only_emulates_it(monkeypatch):
+    monkeypatch.setattr("mimic_core.prepacked.native_cpu_precision", lambda dtype: dtype == torch.float32)
+    stock, packed = _pair(8, 8, 3, 1, 1)
+    stock, packed = stock.bfloat16(), packed.bfloat16()
+    x = torch.randn(1, 8, 8, 8).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(packed(x), stock(x))
+    assert packed._packed is None
 
 
 def test_weights_made_in_inference_mode_are_packed():
