@@ -68,14 +68,19 @@ class MimicBrushModels:
             # leaves first (reversed pre-order puts every layer after all of its own layers), so each
             # call moves only that layer's own tensors
             for layer in reversed(list(module.modules())):
-                before = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+                # aliases of the weights as they are: a cast swaps each parameter's data in place
+                before = [t.detach() for t in _own_tensors(layer)]
                 # torch's own move: diffusers' ModelMixin.to adds only checks for quantized and
                 # device-mapped models (ours are neither) and a warning on every cast about modules to
                 # keep in float32, of which these networks have none.
                 torch.nn.Module.to(layer, device=device, dtype=dtype)
-                after = {id(t) for t in (*layer.parameters(recurse=False), *layer.buffers(recurse=False))}
-                release_mapped_pages([t for t in before if id(t) not in after])
+                kept = {t.data_ptr() for t in _own_tensors(layer)}
+                release_mapped_pages([t for t in before if t.data_ptr() not in kept])
         return self
+
+
+def _own_tensors(layer: nn.Module) -> list[torch.Tensor]:
+    return [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
 
 
 def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,

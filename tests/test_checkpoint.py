@@ -191,3 +191,25 @@ def test_released_weights_leave_resident_memory_and_read_back_unchanged(tmp_path
     assert touched - _resident_bytes() > 48 * 2**20
     assert torch.equal(tensors["weight"], weight)  # and reading again brings the file's values back
     assert release_mapped_pages([tensors["weight"].clone(), torch.ones(2**20)]) == 0  # not file-backed: untouched
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise page release is Linux-only")
+def test_a_cast_gives_back_each_memory_mapped_weight_once_its_copy_is_made(fixture_dir, monkeypatch):
+    from mimic_core import models as models_module
+    from mimic_core.files import release_mapped_pages
+
+    released = []
+    monkeypatch.setattr(models_module, "release_mapped_pages",
+                        lambda tensors: released.append(release_mapped_pages(tensors)) or released[-1])
+    models = models_module.load_models(fixture_dir / "mimicbrush_tiny.safetensors", fixture_dir / "vae",
+                                       config_dir=fixture_dir, inference_layers=False)
+    originals = {name: parameter.detach().clone() for name, parameter in models.unet.named_parameters()}
+    mapped = sum(parameter.numel() * 4 for module in (models.unet, models.referencenet, models.image_encoder)
+                 for parameter in module.parameters())
+    released.clear()
+    models.to(dtype=torch.bfloat16)
+    # every page of the networks' file-backed weights but the partial ones at each tensor's edges
+    assert sum(released) > 0.5 * mapped
+    for name, parameter in models.unet.named_parameters():
+        assert parameter.dtype == torch.bfloat16
+        assert torch.equal(parameter, originals[name].to(torch.bfloat16))
