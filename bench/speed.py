@@ -4,6 +4,7 @@
     python bench/speed.py --options [--size full|tiny] [--steps 3]   # what each edit option costs
     python bench/speed.py --presets [--size full|tiny] [--steps 3]   # each quality preset's whole edit
     python bench/speed.py ... --dtype bf16                           # ours in bf16, the authors' in fp32
+    python bench/speed.py --exact-only ...                           # the authors' order and exact mode alone
 
 ``full`` builds SD-1.5-size components with random weights (860M-parameter U-Nets, CLIP ViT-H/14,
 Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin`` and as our
@@ -324,6 +325,8 @@ def main() -> int:
                         help="run each quality preset's whole edit beside a plain exact edit instead")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                         help="precision of ours (the authors' order stays fp32; default %(default)s)")
+    parser.add_argument("--exact-only", action="store_true",
+                        help="measure the authors' order and exact mode only (no fast mode, no loading)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -360,6 +363,8 @@ def main() -> int:
         rows = dict(zip(("authors", "exact"), in_turns(("authors", "exact"), "exact_pair")))
         authors, exact = torch.load(work / "exact_pair_0.pt"), torch.load(work / "exact_pair_1.pt")
         relative = ((exact - authors).norm() / authors.norm()).item()
+        if args.exact_only:
+            return print_exact_pair(rows, relative, args)
         # fast mode is timed beside an exact run of its own, so that its speed-up meets one machine too
         rows["exact beside fast"], rows["fast"] = in_turns(("exact", "fast"), "fast_pair")
         for mode in ("authors", "exact", "exact beside fast", "fast"):
@@ -371,30 +376,13 @@ def main() -> int:
                 print(json.dumps(rows[loader, cached]), file=sys.stderr)
 
     a, e, x, f = rows["authors"], rows["exact"], rows["exact beside fast"], rows["fast"]
-    steps = args.steps
-    for row in (a, e, x):
-        row["fixed_s"] = row["total_s"] - steps * row["steady_step_s"]
+    x["fixed_s"] = x["total_s"] - args.steps * x["steady_step_s"]
     step_s = f["step_s"]
     reference_pass = x["steady_step_s"] - step_s["guided_whole"]  # fast mode runs it once, at step 1
     # outside the loop: the edit's time before its first step (less that step) and after its last
     f["fixed_s"] = f["total_s"] - f["loop_s"] + f["first_step_s"] - step_s["guided_whole"] - reference_pass
-    authors_50, exact_50, exact_50_beside_fast = (row["fixed_s"] + 50 * row["steady_step_s"] for row in (a, e, x))
-    ratios = [ours / theirs for theirs, ours in zip(a["steady_steps_s"], e["steady_steps_s"])]
-    print(f"\n{args.size} size, ours {args.dtype}, the authors' fp32, CPU ({torch.get_num_threads()} threads), 512²; "
-          f"the authors' order and exact "
-          f"mode {args.steps} steps each, taking turns step by step")
-    print(f"exact vs authors' order: relative error of the final latents {relative:.2e} "
-          f"({'must be <= 1e-4' if args.dtype == 'fp32' else 'not exact: ours in ' + args.dtype})\n")
-    print("| measurement | authors' order | ours | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| s per DDIM step (steady: mean of steps 2-{args.steps}; each pair's ratio "
-          f"{' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.3f}) | "
-          f"{a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.3f} |")
-    print(f"| fixed s per edit (encode, depth, CLIP, decode) | {a['fixed_s']:.1f} | {e['fixed_s']:.1f} | "
-          f"{e['fixed_s'] / a['fixed_s']:.2f} |")
-    print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
-          f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
-    print(f"| s per edit, 50 DDIM steps | {authors_50:.0f} | {exact_50:.0f} | {exact_50 / authors_50:.2f} |")
+    exact_50_beside_fast = x["fixed_s"] + 50 * x["steady_step_s"]
+    print_exact_rows(a, e, relative, args)
     print(f"| fast mode beside exact mode, taking turns: exact step {x['steady_step_s']:.2f} s, exact 50 DDIM steps "
           f"{exact_50_beside_fast:.0f} s per edit; fast-mode step, s: guided whole / guided shallow / "
           f"conditional-only whole / conditional-only shallow (reference pass {reference_pass:.2f}) | | "
@@ -416,7 +404,43 @@ def main() -> int:
                   f"{ours['total_s'] / authors['total_s']:.2f} / {ours['peak_rss_gib'] / authors['peak_rss_gib']:.2f} |")
     print(f"\nPer-edit totals for 50 and {FAST_STEPS} steps are the measured fixed cost plus measured per-step costs; "
           "bench/fast_mode_quality.py measures what each fast setting does to the result.")
-    return 0 if relative <= 1e-4 or args.dtype != "fp32" else 1  # only fp32 is exact
+    return exit_status(relative, args)
+
+
+def print_exact_rows(a: dict, e: dict, relative: float, args) -> None:
+    """The heading and first rows of the table: the authors' order against exact mode, taking turns."""
+    for row in (a, e):
+        row["fixed_s"] = row["total_s"] - args.steps * row["steady_step_s"]
+    authors_50, exact_50 = (row["fixed_s"] + 50 * row["steady_step_s"] for row in (a, e))
+    ratios = [ours / theirs for theirs, ours in zip(a["steady_steps_s"], e["steady_steps_s"])]
+    print(f"\n{args.size} size, ours {args.dtype}, the authors' fp32, CPU ({torch.get_num_threads()} threads), 512²; "
+          f"the authors' order and exact "
+          f"mode {args.steps} steps each, taking turns step by step")
+    print(f"exact vs authors' order: relative error of the final latents {relative:.2e} "
+          f"({'must be <= 1e-4' if args.dtype == 'fp32' else 'not exact: ours in ' + args.dtype})\n")
+    print("| measurement | authors' order | ours | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| s per DDIM step (steady: mean of steps 2-{args.steps}; each pair's ratio "
+          f"{' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.3f}) | "
+          f"{a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.3f} |")
+    print(f"| fixed s per edit (encode, depth, CLIP, decode) | {a['fixed_s']:.1f} | {e['fixed_s']:.1f} | "
+          f"{e['fixed_s'] / a['fixed_s']:.2f} |")
+    print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
+          f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
+    print(f"| s per edit, 50 DDIM steps | {authors_50:.0f} | {exact_50:.0f} | {exact_50 / authors_50:.2f} |")
+
+
+def print_exact_pair(rows: dict, relative: float, args) -> int:
+    """The table of ``--exact-only``."""
+    for mode in ("authors", "exact"):
+        print(json.dumps(rows[mode]), file=sys.stderr)
+    print_exact_rows(rows["authors"], rows["exact"], relative, args)
+    return exit_status(relative, args)
+
+
+def exit_status(relative: float, args) -> int:
+    """Non-zero when fp32 exact mode is not the authors' function (the other precisions are not exact)."""
+    return 0 if relative <= 1e-4 or args.dtype != "fp32" else 1
 
 
 def print_option_costs(pairs: dict[str, list[dict]], args) -> int:
