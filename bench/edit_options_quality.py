@@ -6,8 +6,9 @@ On held-out synthetic pairs (``mimic_core.demo.imitation``: the source's whole o
 the source is the ground truth of the masked region) it reports the masked-region error (MSE on
 the mask's bounding box, 0..1 pixels; lower is closer to the source) of:
 
-- several references: the right one, a mismatched one, both together, and the right one with a
-  second view of the same object;
+- several references: the right one, a mismatched one, both together, another view of the right
+  object alone, and the right one with that view (the two views are drawn alike, so either is
+  "the right reference": their mean is what one view alone scores);
 - a reference mask: one reference image holding the right object beside a distractor (the
   mismatched pair's reference), with no mask, the right half masked, the distractor half masked;
 - reference strength 0, 0.5, 1, 1.5 and denoise 0.25, 0.5, 0.75, 1, each with the right and with
@@ -44,13 +45,15 @@ def reference_conditions(pipeline: MimicBrushPipeline, pairs: list[Pair], index:
     """The encoded references of one pair's several-reference and reference-mask conditions."""
     pair, other = pairs[index], mismatched_partner(pairs, index)
     right, wrong = image_tensor(pair.reference), image_tensor(other.reference)
+    third = image_tensor(another_view(pair, first_seed + index))
     picture, right_half, distractor_half = beside_distractor(pair, other)
     both = image_tensor(picture)
     return {
         "right": pipeline.encode_reference(right),
         "mismatched": pipeline.encode_reference(wrong),
         "right + mismatched": pipeline.encode_reference([right, wrong]),
-        "right + right (another view)": pipeline.encode_reference([right, image_tensor(another_view(pair, first_seed + index))]),
+        "right in another view": pipeline.encode_reference(third),
+        "right + right (another view)": pipeline.encode_reference([right, third]),
         "right beside distractor, no mask": pipeline.encode_reference(both),
         "... right object masked": pipeline.encode_reference(both, torch.from_numpy(right_half)),
         "... distractor masked": pipeline.encode_reference(both, torch.from_numpy(distractor_half)),
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     errors = score(pipeline, pairs, args.steps, args.first_seed)
     print(f"demo model, {args.pairs} held-out pairs, DDIM {args.steps} steps, guidance {DEMO_GUIDANCE:g}\n")
     print(table(errors, ["mismatched", "right + mismatched", "right", "right + right (another view)"]) + "\n")
+    print(table(errors, ["right", "right in another view", "right + right (another view)"]))
+    one_view = np.mean([errors["right"], errors["right in another view"]])
+    print(f"one view alone, either of the two: {one_view:.5f}\n")
     print(table(errors, ["right beside distractor, no mask", "... right object masked", "... distractor masked"]) + "\n")
     for which in ("right", "mismatched"):
         print(table(errors, [f"{which}, reference_strength {s:g}" for s in STRENGTHS]) + "\n")

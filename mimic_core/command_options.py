@@ -63,7 +63,9 @@ def add_model_options(options) -> None:
                          help="as ComfyUI's denoise: 1 samples from noise (exact); less starts from the source noised "
                               "part way and keeps more of its layout inside the mask")
     options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
+    options.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                         help="default: fp16 on GPU, fp32 (exact) on CPU; bf16 runs a step about 1.6x faster than fp32 "
+                              "on a CPU with AVX512-BF16 or AMX (not exact), and is emulated (slower) elsewhere")
 
 
 OPTION_NAMES = {"num_samples": "--samples"}

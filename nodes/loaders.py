@@ -14,7 +14,9 @@ from .model_folders import DEMO_CHOICE, DEPTH_FOLDER, MIMICBRUSH_FOLDER, model_c
 CATEGORY = "MimicBrush"
 logger = logging.getLogger(__name__)
 PRECISION_TOOLTIP = ("Weight precision. auto: fp16 (or bf16) on a GPU that supports it, fp32 on the CPU. "
-                     "fp32 is the exact reference; half precision halves memory.")
+                     "fp32 is the exact reference; half precision halves memory. On a CPU with AVX512-BF16 or "
+                     "AMX, bf16 runs a step about 1.6x faster than fp32 (not exact); elsewhere it is emulated, "
+                     "and slower.")
 
 
 class MimicBrushLoader:
