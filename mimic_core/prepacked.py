@@ -43,9 +43,6 @@ def tensor_state(tensor: torch.Tensor | None) -> tuple | None:
     return tensor.data_ptr(), None if tensor.is_inference() else tensor._version, tuple(tensor.shape)
 
 
-PACKED_DTYPES = (torch.float32, torch.bfloat16)
-
-
 def packs_dtype(dtype: torch.dtype) -> bool:
     """Whether convolutions in ``dtype`` run packed on this CPU: float32, and bf16 where oneDNN
     computes it natively (AVX512-BF16 or AMX; elsewhere bf16 is emulated and packing gains nothing)."""
@@ -75,7 +72,7 @@ class PrepackedConv2d(nn.Conv2d):
         :func:`packs_dtype`, with autograd not recording."""
         tensors = [input, self.weight] + ([self.bias] if self.bias is not None else [])
         return (input.dim() == 4 and all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors)
-                and input.dtype in PACKED_DTYPES and packs_dtype(input.dtype)
+                and packs_dtype(input.dtype)
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
     def _packed_weight(self, input: torch.Tensor) -> torch.Tensor:
