@@ -15,7 +15,7 @@ from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
 from .feed_forward import chunk_feed_forwards
 from .files import release_mapped_pages
-from .prepacked import prepack_convolutions
+from .prepacked import prepack_convolutions, prepack_linears
 from .vae import load_vae
 
 
@@ -45,10 +45,10 @@ class MimicBrushModels:
 
     def use_inference_layers(self) -> "MimicBrushModels":
         """Give the U-Nets layers that compute the same function faster in CPU inference:
-        convolutions on weights packed once for oneDNN (:mod:`mimic_core.prepacked`, 1.5-2.6x faster
-        at the low resolutions) and feed-forwards computed a block of rows at a time
-        (:mod:`mimic_core.feed_forward`). Both take the stock path for autograd, other dtypes and
-        devices.
+        convolutions and linear layers on weights packed once for oneDNN (:mod:`mimic_core.prepacked`;
+        convolutions 1.5-2.6x faster at the low resolutions) and feed-forwards computed a block of
+        rows at a time (:mod:`mimic_core.feed_forward`). All take the stock path for autograd, other
+        dtypes and devices.
 
         Not the VAE's convolutions: they are at high resolution, where packing gains little, and a
         packed convolution returns channels-last activations, on which the CPU's GroupNorm rounds
@@ -56,6 +56,7 @@ class MimicBrushModels:
         golden fixture, 40 times its stage tolerance, where the U-Nets stay within theirs."""
         for module in (self.unet, self.referencenet):
             prepack_convolutions(module)
+            prepack_linears(module)
             chunk_feed_forwards(module)
         return self
 

@@ -1,5 +1,5 @@
-"""Convolutions on prepacked oneDNN weights compute the stock function, follow their weights when
-those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
+"""Convolutions and linear layers on prepacked oneDNN weights compute the stock function, follow
+their weights when those change, and step aside wherever they cannot serve (autograd, other dtypes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mimic_core.files import load_safetensors
-from mimic_core.prepacked import PrepackedConv2d, packs_dtype, prepack_convolutions
+from mimic_core.prepacked import PrepackedConv2d, PrepackedLinear, packs_dtype, prepack_convolutions, prepack_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -183,4 +183,70 @@ def test_the_loaded_unets_run_prepacked(tiny_models):
     for unet in (tiny_models.unet, tiny_models.referencenet):
         convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d)]
         assert convs and all(type(m) is PrepackedConv2d for m in convs)
-    assert not any(type(m) is PrepackedConv2d for m in tiny_models.vae.modules())
+        linears = [m for m in unet.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(type(m) is PrepackedLinear for m in linears)
+    assert not any(type(m) in (PrepackedConv2d, PrepackedLinear) for m in tiny_models.vae.modules())
+    assert not any(type(m) is PrepackedLinear for m in tiny_models.image_encoder.modules())
+
+
+# --- linear layers -----------------------------------------------------------------------------------
+
+def _linear_pair(bias: bool = True):
+    torch.manual_seed(0)
+    stock = nn.Linear(40, 96, bias=bias)
+    packed = copy.deepcopy(stock)
+    assert prepack_linears(nn.Sequential(packed, nn.Conv2d(2, 2, 1))) == 1
+    return stock, packed
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_is_the_stock_one(bias):
+    stock, packed = _linear_pair(bias)
+    tokens = torch.randn(2, 50, 40)
+    with torch.inference_mode():
+        expected = stock(tokens)
+        torch.testing.assert_close(packed(tokens), expected, rtol=1e-5, atol=1e-5)
+        assert packed._packed is not None  # it did run on the packed weight
+        # packed for 100 rows; other row counts, flat rows and strided views reuse that packing
+        kept = packed._packed
+        for other in (torch.randn(7, 40), torch.randn(3, 300, 40), tokens.transpose(0, 1)):
+            torch.testing.assert_close(packed(other), stock(other), rtol=1e-5, atol=1e-5)
+        assert packed._packed is kept
+    assert packed.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_a_linear_follows_its_weight_and_steps_aside_for_other_dtypes_and_autograd():
+    stock, packed = _linear_pair()
+    x = torch.randn(4, 40)
+    with torch.no_grad():
+        packed(x)
+        for linear in (stock, packed):
+            linear.weight.mul_(-2.0)
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+        replacement = torch.randn(96)
+        for linear in (stock, packed):
+            linear.bias = nn.Parameter(replacement.clone())
+        torch.testing.assert_close(packed(x), stock(x), rtol=1e-5, atol=1e-5)
+    for linear in (stock, packed):
+        linear.double()
+    assert packed._packed is None
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x.double()), stock(x.double()))
+    for linear in (stock, packed):
+        linear.float()
+    packed(x).square().sum().backward()
+    stock(x).square().sum().backward()
+    torch.testing.assert_close(packed.weight.grad, stock.weight.grad)
+
+
+@pytest.mark.skipif(not packs_dtype(torch.bfloat16), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_a_bf16_linear_runs_packed_where_the_cpu_has_it_within_bf16_rounding():
+    stock, packed = _linear_pair()
+    stock, packed = stock.bfloat16(), packed.bfloat16()
+    x = torch.randn(64, 40)
+    with torch.inference_mode():
+        in_fp32 = nn.functional.linear(x, stock.weight.float(), stock.bias.float())
+        result = packed(x.bfloat16())
+        assert packed._packed is not None and result.dtype == torch.bfloat16
+        scale = in_fp32.abs().max()
+        assert (result.float() - in_fp32).abs().max() <= 2e-2 * scale
