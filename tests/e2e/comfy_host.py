@@ -26,6 +26,8 @@ HOST_SCRIPTS = Path(os.environ.get("MIMICBRUSH_COMFY_HOST_SCRIPTS", REPO.parent 
 PACK_NAME = "ComfyUI-MimicBrush-Imitation"
 """The pack's folder under ``custom_nodes``, as a clone of its repository names it. ComfyUI-Manager
 matches installed packs by folder name, and "ComfyUI-MimicBrush" is another author's pack there."""
+_LOGGED_PATH = re.compile(r"""['"]?/[^\s'"]+['"]?""")
+"""A file path as the start-up log quotes it (or not)."""
 CHECKPOINT = "mimicbrush_tiny.safetensors"
 VAE = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 DEPTH = "depth_anything_vitb14.pth"
@@ -150,8 +152,11 @@ class ComfyHost:
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def pack_import_lines(self) -> list[str]:
-        """The start-up log's lines about this pack (the host's own optional modules are not ours)."""
-        return [line for line in self.log().splitlines() if f"custom_nodes/{PACK_NAME}" in line or "MimicBrush" in line]
+        """The start-up log's lines about this pack (the host's own optional modules are not ours): those
+        naming its folder under custom_nodes, and those whose words (paths aside: a clone named after
+        the pack puts its name in every path of a host made inside it) name MimicBrush."""
+        return [line for line in self.log().splitlines()
+                if f"custom_nodes/{PACK_NAME}" in line or "MimicBrush" in _LOGGED_PATH.sub("", line)]
 
     def pack_import_seconds(self) -> float:
         """The pack's import time from ComfyUI's "Import times for custom nodes" list."""
