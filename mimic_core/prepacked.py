@@ -4,16 +4,15 @@ PyTorch's CPU convolution hands oneDNN the weight in PyTorch's layout, and oneDN
 its blocked layout on every call. Where a convolution does little arithmetic for the size of its
 weight, as the U-Nets' 1280- and 2560-channel convolutions at 8x8 and 16x16 latents do, that
 reorder costs as much as the convolution itself. Packed once, those run 1.5-2.6x faster on the
-same oneDNN kernel, with the same result. Linear layers gain less, and in float32 most: on a
-2-core AVX512 CPU a packed 1280->10240 layer on 256 rows took 31 ms against 45 ms, a 640->5120
-layer on 1024 rows 31 ms against 37 ms, and oneDNN adds the bias in the product instead of
-copying it into the output first.
+same oneDNN kernel, with the same result. Linear layers gain less, in float32 only: on a 2-core
+AVX512 CPU a packed 1280->10240 layer on 256 rows took 31 ms against 45 ms, a 640->5120 layer on
+1024 rows 31 ms against 37 ms, and an SD-1.5-size exact step 3.5% less time.
 
 :func:`prepack_convolutions` turns a module's ``nn.Conv2d`` layers into :class:`PrepackedConv2d`,
 and :func:`prepack_linears` its ``nn.Linear`` layers into :class:`PrepackedLinear`: same
 parameters, same state dict, same function. The packed weight is made at the first forward
-that can use it (a float32 input on the CPU, or a bf16 one on a CPU that computes bf16 natively;
-autograd not recording) and made again when the
+that can use it (a float32 input on the CPU, or for convolutions a bf16 one on a CPU that computes
+bf16 natively; autograd not recording) and made again when the
 weight has been replaced, moved or cast, or changed in place since; any other call runs the stock
 forward. Writes that bypass the version counter (through ``.data``, or to a weight created in
 inference mode, which has none) are not seen: after such a write, call
@@ -71,13 +70,16 @@ class PackedWeight:
     def _pack(self, input: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _packs(self, dtype: torch.dtype) -> bool:
+        return packs_dtype(dtype)
+
     def _packable(self, input: torch.Tensor) -> bool:
-        """Whether the packed call serves: a batch on the CPU in the weight's dtype, one that
-        :func:`packs_dtype`, with autograd not recording."""
+        """Whether the packed call serves: a batch on the CPU in the weight's dtype, one that this
+        kind of layer packs in (:meth:`_packs`), with autograd not recording."""
         tensors = [input, self.weight] + ([self.bias] if self.bias is not None else [])
         return ((self.input_dims is None or input.dim() == self.input_dims)
                 and all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors)
-                and packs_dtype(input.dtype)
+                and self._packs(input.dtype)
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
     def _packed_weight(self, input: torch.Tensor) -> torch.Tensor:
@@ -121,7 +123,12 @@ class PrepackedConv2d(PackedWeight, nn.Conv2d):
 
 
 class PrepackedLinear(PackedWeight, nn.Linear):
-    """``nn.Linear`` whose CPU float32 (or native bf16) inference runs on a weight packed once for oneDNN."""
+    """``nn.Linear`` whose CPU float32 inference runs on a weight packed once for oneDNN. Not bf16: there
+    the U-Nets' steps measured the same time packed (an SD-1.5-size step 8.39 s either way), and a
+    packed copy of a weight that was cast, not mapped from its file, would only add memory."""
+
+    def _packs(self, dtype: torch.dtype) -> bool:
+        return dtype is torch.float32
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._packable(input):

@@ -54,7 +54,9 @@ class MimicBrushLoader:
 
         checkpoint_path, vae_path = _checkpoint_and_vae(checkpoint, vae)
         dtype = choose_dtype(precision, mm.get_torch_device())
-        models = load_models(checkpoint_path, vae_path)  # float32 on the CPU; the patcher casts and moves it
+        # cast here, on the offload device, a layer at a time: each file-backed float32 weight is given back
+        # once its copy is made, so a half-precision load never holds both (the patcher's cast is then a no-op)
+        models = load_models(checkpoint_path, vae_path, dtype=dtype, device=mm.unet_offload_device())
         blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
         patcher = make_patcher(models.modules(), dtype)
         return (MimicBrushModel(MimicBrushPipeline(models, blank_depth=blank_depth), patcher),)
