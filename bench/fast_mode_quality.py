@@ -80,8 +80,8 @@ def main() -> int:
                  for dtype in (torch.float32, *((torch.bfloat16,) if args.bf16 else ()))}
     pairs = held_out_pairs(args.pairs, DEMO_WORKING_SIZE, FIRST_PAIR)
     rows, exact_outputs = [], []
-    settings = {name: SETTINGS[name] for name in list(SETTINGS)[:1]} if args.presets_only else SETTINGS
-    chosen = {**settings, **PRESETS, **(IN_BF16 if args.bf16 else {}), **(FEWER_STEPS if args.fewer_steps else {})}
+    single = dict(list(SETTINGS.items())[:1]) if args.presets_only else SETTINGS
+    chosen = {**single, **PRESETS, **(IN_BF16 if args.bf16 else {}), **(FEWER_STEPS if args.fewer_steps else {})}
     for name, settings in chosen.items():
         options = dict(settings)
         pipeline = pipelines[options.pop("dtype", torch.float32)]

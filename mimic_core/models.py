@@ -67,7 +67,7 @@ class MimicBrushModels:
         plus every float32 weight read to make them."""
         for module in self.modules().values():
             # leaves first (reversed pre-order puts every layer after all of its own layers), so each
-            # call moves only that layer's own tensors
+            # call casts only that layer's own tensors: its layers' are cast already and pass unchanged
             for layer in reversed(list(module.modules())):
                 # aliases of the weights as they are: a cast swaps each parameter's data in place
                 before = [t.detach() for t in _own_tensors(layer)]

@@ -150,24 +150,22 @@ def prepacks(module: nn.Module) -> bool:
 def prepack_convolutions(module: nn.Module) -> int:
     """Make every plain ``nn.Conv2d`` in ``module`` a :class:`PrepackedConv2d` (and make those that
     already are pack afresh at their next forward); returns how many layers are packed."""
-    converted = 0
-    for layer in module.modules():
-        if prepacks(layer):
-            layer.__class__ = PrepackedConv2d
-        if isinstance(layer, PrepackedConv2d):
-            layer._convert()
-            converted += 1
-    return converted
+    return _convert_layers(module, PrepackedConv2d, prepacks)
 
 
 def prepack_linears(module: nn.Module) -> int:
     """Make every plain ``nn.Linear`` in ``module`` a :class:`PrepackedLinear` (and make those that
     already are pack afresh at their next forward); returns how many layers are packed."""
+    return _convert_layers(module, PrepackedLinear,
+                           lambda layer: torch.backends.mkldnn.is_available() and type(layer) is nn.Linear)
+
+
+def _convert_layers(module: nn.Module, kind: type[PackedWeight], convertible) -> int:
     converted = 0
     for layer in module.modules():
-        if torch.backends.mkldnn.is_available() and type(layer) is nn.Linear:
-            layer.__class__ = PrepackedLinear
-        if isinstance(layer, PrepackedLinear):
+        if convertible(layer):
+            layer.__class__ = kind
+        if isinstance(layer, kind):
             layer._convert()
             converted += 1
     return converted
