@@ -1,6 +1,7 @@
 """What the options beyond the authors' do, on a model that has learnt to imitate: the demo model.
 
     python bench/edit_options_quality.py [--pairs 12] [--steps 25]
+    python bench/edit_options_quality.py --views-only --pairs 96   # two views of the right object alone
 
 On held-out synthetic pairs (``mimic_core.demo.imitation``: the source's whole object masked, so
 the source is the ground truth of the masked region) it reports the masked-region error (MSE on
@@ -16,6 +17,9 @@ the mask's bounding box, 0..1 pixels; lower is closer to the source) of:
   source).
 
 Prints Markdown tables; ``tests/test_edit_features.py`` checks the same comparisons on fewer pairs.
+``--views-only`` scores only the two views of the right object, alone and together, on as many
+pairs as asked, with the paired differences' means and standard errors: the two views are drawn
+alike, so a difference between them is the noise a comparison with either has to clear.
 """
 
 from __future__ import annotations
@@ -80,6 +84,40 @@ def score(pipeline: MimicBrushPipeline, pairs: list[Pair], steps: int, first_see
     return errors
 
 
+VIEW_CONDITIONS = ("right", "right in another view", "right + right (another view)")
+
+
+def score_views(pipeline: MimicBrushPipeline, pairs: list[Pair], steps: int, first_seed: int) -> dict[str, np.ndarray]:
+    """The masked-region errors of :data:`VIEW_CONDITIONS`, pair by pair."""
+    errors: dict[str, list[float]] = {name: [] for name in VIEW_CONDITIONS}
+    for index, pair in enumerate(pairs):
+        right, third = image_tensor(pair.reference), image_tensor(another_view(pair, first_seed + index))
+        for name, images in zip(VIEW_CONDITIONS, (right, third, [right, third])):
+            image = edit_pair(pipeline, pair, pipeline.encode_reference(images), steps, index, DEMO_WORKING_SIZE,
+                              DEMO_GUIDANCE)
+            errors[name].append(masked_region_error(image, pair))
+    return {name: np.array(values) for name, values in errors.items()}
+
+
+def paired_difference(name: str, difference: np.ndarray) -> str:
+    """A table row: the mean of per-pair differences, its standard error and how many pairs are lower."""
+    error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else float("nan")
+    return (f"| {name} | {difference.mean():+.5f} | {error:.5f} | "
+            f"{int((difference < 0).sum())}/{len(difference)} |")
+
+
+def views_table(errors: dict[str, np.ndarray]) -> str:
+    own, other, both = (errors[name] for name in VIEW_CONDITIONS)
+    rows = ["| condition | masked-region MSE (mean) |", "|---|---:|"]
+    rows += [f"| {name} | {errors[name].mean():.5f} |" for name in VIEW_CONDITIONS]
+    rows.append(f"| one view alone, either of the two | {np.mean([own, other]):.5f} |")
+    rows += ["", "| per-pair difference | mean | standard error | pairs below 0 |", "|---|---:|---:|---:|"]
+    rows.append(paired_difference("both views - the pair's own view", both - own))
+    rows.append(paired_difference("both views - one view, either of the two", both - (own + other) / 2))
+    rows.append(paired_difference("the pair's own view - the other view (noise: drawn alike)", own - other))
+    return "\n".join(rows)
+
+
 def table(errors: dict[str, list[float]], names: list[str]) -> str:
     rows = ["| condition | masked-region MSE (mean) | pairs better than the first row |", "|---|---:|---:|"]
     first = np.array(errors[names[0]])
@@ -94,14 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=DEMO_STEPS)
     parser.add_argument("--first-seed", type=int, default=900_000)
+    parser.add_argument("--views-only", action="store_true",
+                        help="score only the two views of the right object, alone and together, with paired statistics")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     files = demo_model_files()
     pipeline = MimicBrushPipeline(load_models(files.checkpoint, files.vae, files.depth_model),
                                   working_size=DEMO_WORKING_SIZE)
     pairs = held_out_pairs(args.pairs, DEMO_WORKING_SIZE)
-    errors = score(pipeline, pairs, args.steps, args.first_seed)
     print(f"demo model, {args.pairs} held-out pairs, DDIM {args.steps} steps, guidance {DEMO_GUIDANCE:g}\n")
+    if args.views_only:
+        print(views_table(score_views(pipeline, pairs, args.steps, args.first_seed)))
+        return 0
+    errors = score(pipeline, pairs, args.steps, args.first_seed)
     print(table(errors, ["mismatched", "right + mismatched", "right", "right + right (another view)"]) + "\n")
     print(table(errors, ["right", "right in another view", "right + right (another view)"]))
     one_view = np.mean([errors["right"], errors["right in another view"]])

@@ -179,6 +179,32 @@ class Turns:
         print("step", flush=True)
 
 
+FIXED_PARTS = ("VAE encode", "VAE decode", "image encoder", "depth model")
+"""The networks an edit runs outside its sampling loop, each timed on its own (:func:`time_fixed_parts`)."""
+
+
+def time_fixed_parts(models) -> tuple[dict[str, list[float]], list]:
+    """Seconds of each call of each :data:`FIXED_PARTS` network, filled as the edit runs, and the
+    hooks to remove. The VAE's ``encode``/``decode`` are wrapped on the instance (they are methods,
+    not its forward); the two encoders are timed by forward hooks."""
+    spent: dict[str, list[float]] = {part: [] for part in FIXED_PARTS}
+    vae = models.vae
+    for part, method in (("VAE encode", "encode"), ("VAE decode", "decode")):
+        def timed(*args, _call=getattr(vae, method), _part=part, **kwargs):
+            started = time.perf_counter()
+            result = _call(*args, **kwargs)
+            spent[_part].append(time.perf_counter() - started)
+            return result
+        setattr(vae, method, timed)
+    hooks = []
+    for part, network in (("image encoder", models.image_encoder), ("depth model", models.depth_model)):
+        begun = []
+        hooks.append(network.register_forward_pre_hook(lambda *args, _begun=begun: _begun.append(time.perf_counter())))
+        hooks.append(network.register_forward_hook(
+            lambda *args, _begun=begun, _part=part: spent[_part].append(time.perf_counter() - _begun.pop())))
+    return spent, hooks
+
+
 def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | None = None,
                  dtype: torch.dtype = torch.float32) -> dict:
     """One edit, timed step by step; with ``turns``, one step at a time while another child waits.
@@ -197,8 +223,13 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     run_steps = 2 * steps if mode == "fast" else options.pop("steps", steps)
     kinds, current = [], {}
     unet = pipeline.models.unet
+    parts, part_hooks = time_fixed_parts(pipeline.models)
     hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: current.update(rows=output.shape[0])),
-             unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True))]
+             unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True)), *part_hooks]
+    def loop_begins(*args) -> None:  # at the first U-Net call: the first step's time holds what comes before
+        current.setdefault("loop_began", time.perf_counter())
+
+    hooks += [network.register_forward_pre_hook(loop_begins) for network in (unet, pipeline.models.referencenet)]
     started = resumed = turns.wait() if turns else time.perf_counter()
     waited_before = turns.waited if turns else 0.0
 
@@ -225,8 +256,10 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     for guided, whole, duration in kinds[1:]:
         steady.setdefault(f"{guided}_{whole}", []).append(float(duration))
     report = {"mode": mode, "total_s": total, "steps": run_steps, "first_step_s": durations[0],
+              "before_loop_s": current["loop_began"] - started,
               "loop_s": sum(durations), "peak_rss_gib": peak_resident_gib(), "steady_steps_s": durations[1:],
-              "step_s": {kind: float(np.mean(values)) for kind, values in steady.items()}}
+              "step_s": {kind: float(np.mean(values)) for kind, values in steady.items()},
+              "fixed_parts_s": {part: [float(seconds) for seconds in calls] for part, calls in parts.items()}}
     report["steady_step_s"] = report["step_s"].get("guided_whole", float("nan"))
     return report
 
@@ -423,9 +456,28 @@ def print_exact_rows(a: dict, e: dict, relative: float, args) -> None:
           f"{' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.3f}) | "
           f"{a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.3f} |")
     print(f"| fixed s per edit (encode, depth, CLIP, decode) | {fixed_a:.1f} | {fixed_e:.1f} | {fixed_e / fixed_a:.2f} |")
+    for name, theirs, ours in fixed_cost_parts(a, e):
+        print(f"| ... {name} | {theirs:.1f} | {ours:.1f} | {ours / theirs if theirs else float('nan'):.2f} |")
     print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
           f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
     print(f"| s per edit, 50 DDIM steps | {authors_50:.0f} | {exact_50:.0f} | {exact_50 / authors_50:.2f} |")
+
+
+def fixed_cost_parts(*rows: dict) -> list[tuple]:
+    """The fixed cost's parts, s in each row: each network outside the loop (its calls counted), the
+    first step beyond a steady one (ours pages its weights in and packs them there) and the rest of
+    the time outside the loop. ``first_step_s`` holds the time before the loop too."""
+    parts = []
+    for part in FIXED_PARTS:
+        calls = [len(row["fixed_parts_s"][part]) for row in rows]
+        counted = f"{calls[0]} call{'s' * (calls[0] != 1)}" if len(set(calls)) == 1 else " / ".join(map(str, calls))
+        parts.append((f"{part} ({counted})", *(sum(row["fixed_parts_s"][part]) for row in rows)))
+    networks = [sum(values) for values in zip(*(part[1:] for part in parts))]
+    parts.append(("first step beyond a steady one", *(row["first_step_s"] - row["before_loop_s"] - row["steady_step_s"]
+                                                       for row in rows)))
+    parts.append(("the rest (preparing inputs, the depth guider, stitching)",
+                  *(row["total_s"] - row["loop_s"] + row["before_loop_s"] - spent for row, spent in zip(rows, networks))))
+    return parts
 
 
 def print_exact_pair(rows: dict, relative: float, args) -> int:

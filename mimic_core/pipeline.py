@@ -279,7 +279,9 @@ class MimicBrushPipeline:
 
         The seed drives one generator on ``generator_device`` (default: the models' device, as
         the authors' code) in the authors' order: reference posterior, initial noise, collage
-        posterior (repeated per region). ``callback(step, total, latents)`` runs after each step;
+        posterior (repeated per region); with several reference images, the first image's posterior
+        noise comes first and the others' after the collage's, so the same seed starts from the same
+        noise whatever views are added. ``callback(step, total, latents)`` runs after each step;
         ``should_stop()`` is asked before each step and ends the edit with :class:`EditInterrupted`.
         """
         sampling, regions = self.edit_options(sampling, regions, **settings)
@@ -330,13 +332,17 @@ class MimicBrushPipeline:
 
         # the sampling state (noise, latents, the solver's arithmetic) is float32 whatever the networks'
         # precision, as ComfyUI's samplers keep it: in fp16 or bf16 only the networks round
+        # the authors' order for the first reference image; the others' posterior noise is drawn last, so
+        # that adding a view to an edit keeps its seed's initial noise and changes only what is imitated
         shape = (1, 4, latent_size, latent_size)
-        reference_noise = randn_tensor((max(len(encoded.images), 1),) + shape[1:], generator=generator, device=device,
-                                       dtype=torch.float32)
+        reference_noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         noise = randn_tensor((sampling.num_samples,) + shape[1:], generator=generator, device=device,
                              dtype=torch.float32)
         collage_mean, collage_std = self._posterior([collage], working_size)
         collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        if len(encoded.images) > 1:
+            reference_noise = torch.cat([reference_noise, randn_tensor(
+                (len(encoded.images) - 1,) + shape[1:], generator=generator, device=device, dtype=torch.float32)])
 
         scale = self.scaling_factor
         reference_latents = None

@@ -146,6 +146,29 @@ def test_several_references_run_batched_and_join_their_contexts(tiny_pipeline, i
     assert not torch.equal(two.latents, tiny_pipeline.edit(source, mask, reference, steps=STEPS, seed=5).latents)
 
 
+def test_adding_a_view_keeps_the_seeds_initial_noise_and_the_first_views_latents(tiny_pipeline, inputs, monkeypatch):
+    """With one seed, an edit of [A, B] starts from the noise of the edit of A alone, with the same
+    collage sample and A's same posterior sample: adding a view changes what is imitated, not the
+    starting point."""
+    source, mask, reference = inputs
+    started = []
+    denoise = type(tiny_pipeline)._denoise
+
+    def recording(self, noise, reference_latents, masked_latents, *args, **kwargs):
+        started.append((noise, reference_latents, masked_latents))
+        return denoise(self, noise, reference_latents, masked_latents, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_pipeline), "_denoise", recording)
+    for references in ([reference], [reference, reference.flip(2)], [reference, reference.flip(2), reference]):
+        tiny_pipeline.edit(source, mask, references, steps=1, seed=5)
+    (noise, alone, masked), *several = started
+    for views, (other_noise, together, other_masked) in zip((2, 3), several):
+        assert together.shape[0] == views
+        assert torch.equal(other_noise, noise) and torch.equal(other_masked, masked)
+        # the same posterior sample, up to the rounding of a batched VAE encode
+        torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_partial_denoise_starts_from_the_noised_source(tiny_pipeline, inputs):
     source, mask, reference = inputs
     seen = []
