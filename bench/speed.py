@@ -185,8 +185,9 @@ FIXED_PARTS = ("VAE encode", "VAE decode", "image encoder", "depth model")
 
 def time_fixed_parts(models) -> tuple[dict[str, list[float]], list]:
     """Seconds of each call of each :data:`FIXED_PARTS` network, filled as the edit runs, and the
-    hooks to remove. The VAE's ``encode``/``decode`` are wrapped on the instance (they are methods,
-    not its forward); the two encoders are timed by forward hooks."""
+    hooks to remove. The VAE's ``encode``/``decode`` are wrapped on the instance for good (they are
+    methods, not its forward; a measuring child runs one edit); the two encoders are timed by
+    forward hooks."""
     spent: dict[str, list[float]] = {part: [] for part in FIXED_PARTS}
     vae = models.vae
     for part, method in (("VAE encode", "encode"), ("VAE decode", "decode")):
@@ -226,6 +227,7 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     parts, part_hooks = time_fixed_parts(pipeline.models)
     hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: current.update(rows=output.shape[0])),
              unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True)), *part_hooks]
+
     def loop_begins(*args) -> None:  # at the first U-Net call: the first step's time holds what comes before
         current.setdefault("loop_began", time.perf_counter())
 
