@@ -16,7 +16,7 @@ the mask's bounding box, 0..1 pixels; lower is closer to the source) of:
   the mismatched reference (with the mismatched one the error is how far the edit moves from the
   source).
 
-Prints Markdown tables; ``tests/test_edit_features.py`` checks the same comparisons on fewer pairs.
+Prints Markdown tables; ``tests/test_demo_model.py`` checks the same comparisons on fewer pairs.
 ``--views-only`` scores only the two views of the right object, alone and together, on as many
 pairs as asked, with the paired differences' means and standard errors: the two views are drawn
 alike, so a difference between them is the noise a comparison with either has to clear.
@@ -107,6 +107,8 @@ def paired_difference(name: str, difference: np.ndarray) -> str:
 
 
 def views_table(errors: dict[str, np.ndarray]) -> str:
+    """The means of :data:`VIEW_CONDITIONS` and the per-pair differences between them; the last row,
+    one view against the other, is the noise floor any comparison with a single view has to clear."""
     own, other, both = (errors[name] for name in VIEW_CONDITIONS)
     rows = ["| condition | masked-region MSE (mean) |", "|---|---:|"]
     rows += [f"| {name} | {errors[name].mean():.5f} |" for name in VIEW_CONDITIONS]

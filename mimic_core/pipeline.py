@@ -54,7 +54,8 @@ class EncodedReference:
 
     The VAE posterior is kept as mean and std (per working size, ``[R, 4, h, w]`` for R images)
     rather than a sample, so each edit draws the posterior noise from its own seed in the
-    authors' order and gives what a one-shot run gives. ``images`` are the square-padded
+    authors' order (several images: the first there, the others from a stream of their own;
+    :class:`SeedStreams`) and gives what a one-shot run gives. ``images`` are the square-padded
     references, kept to encode them at another working size when an edit asks for one;
     ``masks`` their square-padded 0/1 reference masks (1 = imitate), or None: imitate all.
     ``embeds_cond`` is ``[R, T, C]``, each image's own embedding (the reference U-Net runs on
@@ -103,6 +104,28 @@ class EncodedReference:
                                   for part in range(2)) for size in shared_sizes}
         return cls(images, torch.cat([reference.embeds_cond for reference in references]),
                    references[0].embeds_uncond, masks, posteriors)
+
+
+EXTRA_VIEWS_SEED_OFFSET = 2**63
+"""The stream of further reference images' noise is seeded with ``(seed + this) mod 2**64``: another
+stream than the seed's own for every seed."""
+
+
+@dataclass(frozen=True)
+class SeedStreams:
+    """The random streams of one edit, both from its seed. ``main`` draws in the authors' order, per
+    edited square: the (first) reference image's posterior noise, the initial noise, the collage's
+    posterior noise. ``extra_views`` draws the posterior noise of the second and further reference
+    images, so the main stream never depends on how many views an edit has: one seed starts every
+    square from the same noise with one view or several."""
+
+    main: torch.Generator
+    extra_views: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int, device: torch.device | str) -> SeedStreams:
+        return cls(torch.Generator(device=device).manual_seed(seed),
+                   torch.Generator(device=device).manual_seed((seed + EXTRA_VIEWS_SEED_OFFSET) % 2**64))
 
 
 @dataclass
@@ -279,9 +302,9 @@ class MimicBrushPipeline:
 
         The seed drives one generator on ``generator_device`` (default: the models' device, as
         the authors' code) in the authors' order: reference posterior, initial noise, collage
-        posterior (repeated per region); with several reference images, the first image's posterior
-        noise comes first and the others' after the collage's, so the same seed starts from the same
-        noise whatever views are added. ``callback(step, total, latents)`` runs after each step;
+        posterior (repeated per region); with several reference images that order holds for the
+        first, and the others' posterior noise comes from a stream of its own
+        (:class:`SeedStreams`), so the same seed starts from the same noise whatever views are added. ``callback(step, total, latents)`` runs after each step;
         ``should_stop()`` is asked before each step and ends the edit with :class:`EditInterrupted`.
         """
         sampling, regions = self.edit_options(sampling, regions, **settings)
@@ -305,7 +328,7 @@ class MimicBrushPipeline:
             squares = [(plan_crop(binary_mask, regions.context, regions.min_side), binary_mask)]
         else:
             squares = [(plan_crop(part, regions.context, regions.min_side), part) for part in region_masks(binary_mask)]
-        generator = torch.Generator(device=generator_device or self.models.device).manual_seed(int(sampling.seed))
+        streams = SeedStreams.from_seed(int(sampling.seed), generator_device or self.models.device)
         outputs = np.repeat(source_uint8[None], sampling.num_samples, axis=0)
         for box, region_mask in squares:
             if keep_shape and depth_map is None:
@@ -315,12 +338,12 @@ class MimicBrushPipeline:
             else:
                 region_depth = self.depth_map(None)
             latents, square = self._edit_square(cut(source_uint8, box, 255), cut(region_mask, box, 0), encoded,
-                                                region_depth, generator, sampling, callback, should_stop)
+                                                region_depth, streams, sampling, callback, should_stop)
             outputs = np.stack([stitch(output, region_mask, box, image) for output, image in zip(outputs, square)])
         return EditResult(pre.uint8_to_image(outputs), latents, square, region_depth)
 
     def _edit_square(self, square_source: np.ndarray, square_mask: np.ndarray, encoded: EncodedReference,
-                     depth_map: torch.Tensor, generator: torch.Generator, sampling: SamplingOptions,
+                     depth_map: torch.Tensor, streams: SeedStreams, sampling: SamplingOptions,
                      callback, should_stop) -> tuple[torch.Tensor, np.ndarray]:
         """One square (padded image or crop) through the model: final latents and the uint8 output."""
         device, dtype = self.models.device, self.models.dtype
@@ -332,17 +355,18 @@ class MimicBrushPipeline:
 
         # the sampling state (noise, latents, the solver's arithmetic) is float32 whatever the networks'
         # precision, as ComfyUI's samplers keep it: in fp16 or bf16 only the networks round
-        # the authors' order for the first reference image; the others' posterior noise is drawn last, so
-        # that adding a view to an edit keeps its seed's initial noise and changes only what is imitated
         shape = (1, 4, latent_size, latent_size)
+        generator = streams.main
+        # drawn with no reference image too (an edit of no_reference()), so its noise is a one-reference edit's
         reference_noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         noise = randn_tensor((sampling.num_samples,) + shape[1:], generator=generator, device=device,
                              dtype=torch.float32)
         collage_mean, collage_std = self._posterior([collage], working_size)
         collage_noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        if len(encoded.images) > 1:
+        if len(encoded.images) > 1:  # further views from their own stream: adding one moves no other draw
             reference_noise = torch.cat([reference_noise, randn_tensor(
-                (len(encoded.images) - 1,) + shape[1:], generator=generator, device=device, dtype=torch.float32)])
+                (len(encoded.images) - 1,) + shape[1:], generator=streams.extra_views, device=device,
+                dtype=torch.float32)])
 
         scale = self.scaling_factor
         reference_latents = None

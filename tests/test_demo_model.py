@@ -177,9 +177,8 @@ def option_errors(pipeline) -> dict[str, float]:
                                              {}),
         }
         another = image_tensor(another_view(pair, VIEW_SEED + index))
-        conditions.update({"right": (pipeline.encode_reference(right), {}),
-                           "right in another view": (pipeline.encode_reference(another), {}),
-                           "right + right in another view": (pipeline.encode_reference([right, another]), {})})
+        conditions.update({"right in another view": (pipeline.encode_reference(another), {}),
+                           "right + right (another view)": (pipeline.encode_reference([right, another]), {})})
         encoded_right = pipeline.encode_reference(right)
         conditions.update({f"strength {s:g}": (encoded_right, {"reference_strength": s}) for s in (0.0, 0.5, 1.0, 1.5)})
         conditions.update({f"denoise {d:g}": (encoded_right, {"denoise": d}) for d in (0.25, 0.5, 0.75)})
@@ -199,10 +198,12 @@ def test_a_second_reference_that_is_right_rescues_a_mismatched_one(option_errors
 def test_two_views_of_the_right_object_beat_one_view_of_it(option_errors):
     """The two views are drawn alike, so one view alone scores their mean; on 96 pairs
     (``bench/edit_options_quality.py --views-only``) both together beat it by three standard errors
-    and the pair's own view by nearly two. On these 8 pairs the own view alone happens to score
-    best, which is why the mean of the two is the comparison asserted."""
-    one_view = (option_errors["right"] + option_errors["right in another view"]) / 2
-    assert option_errors["right + right in another view"] < one_view
+    and the pair's own view by nearly two. These 8 pairs at 10 steps are fewer than that needs (the
+    pair's own view alone scores best here), so what is asserted is the comparison with the mean of
+    the two, which held by about 4% when written (0.0521 against 0.0545); it is checked on the
+    numbers of one machine, not proven by them."""
+    one_view = (option_errors["strength 1"] + option_errors["right in another view"]) / 2
+    assert option_errors["right + right (another view)"] < one_view
 
 
 def test_masking_the_distractor_of_a_cluttered_reference_makes_the_edit_follow_it(option_errors):

@@ -146,11 +146,17 @@ def test_several_references_run_batched_and_join_their_contexts(tiny_pipeline, i
     assert not torch.equal(two.latents, tiny_pipeline.edit(source, mask, reference, steps=STEPS, seed=5).latents)
 
 
-def test_adding_a_view_keeps_the_seeds_initial_noise_and_the_first_views_latents(tiny_pipeline, inputs, monkeypatch):
-    """With one seed, an edit of [A, B] starts from the noise of the edit of A alone, with the same
-    collage sample and A's same posterior sample: adding a view changes what is imitated, not the
-    starting point."""
+@pytest.mark.parametrize("region", ["whole", "crop_each"])
+def test_adding_a_view_keeps_the_seeds_initial_noise_and_the_first_views_latents(tiny_pipeline, inputs, monkeypatch,
+                                                                                  region):
+    """With one seed, an edit of [A, B] starts each square from the noise of the edit of A alone (and of
+    an edit without a reference), with the same collage sample and A's same posterior sample: adding a
+    view changes what is imitated, not the starting point. ``crop_each`` edits two regions in turn."""
     source, mask, reference = inputs
+    if region == "crop_each":  # two islands
+        mask = torch.zeros_like(mask)
+        mask[4:20, 4:20] = 1
+        mask[-20:-4, -20:-4] = 1
     started = []
     denoise = type(tiny_pipeline)._denoise
 
@@ -159,14 +165,23 @@ def test_adding_a_view_keeps_the_seeds_initial_noise_and_the_first_views_latents
         return denoise(self, noise, reference_latents, masked_latents, *args, **kwargs)
 
     monkeypatch.setattr(type(tiny_pipeline), "_denoise", recording)
-    for references in ([reference], [reference, reference.flip(2)], [reference, reference.flip(2), reference]):
-        tiny_pipeline.edit(source, mask, references, steps=1, seed=5)
-    (noise, alone, masked), *several = started
-    for views, (other_noise, together, other_masked) in zip((2, 3), several):
-        assert together.shape[0] == views
-        assert torch.equal(other_noise, noise) and torch.equal(other_masked, masked)
-        # the same posterior sample, up to the rounding of a batched VAE encode
-        torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+    squares = 2 if region == "crop_each" else 1
+    edits = {}
+    for name, references in {"alone": [reference], "two views": [reference, reference.flip(2)],
+                             "three views": [reference, reference.flip(2), reference],
+                             "no reference": tiny_pipeline.no_reference()}.items():
+        tiny_pipeline.edit(source, mask, references, steps=1, seed=5, region=region)
+        edits[name], started[:] = list(started), []
+    assert len(edits["alone"]) == squares
+    for name, views in (("two views", 2), ("three views", 3), ("no reference", None)):
+        for (noise, alone, masked), (other_noise, together, other_masked) in zip(edits["alone"], edits[name]):
+            assert torch.equal(other_noise, noise) and torch.equal(other_masked, masked), name
+            if views:
+                assert together.shape[0] == views
+                # the same posterior sample, up to the rounding of a batched VAE encode
+                torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+    first, second = (noise for noise, _, _ in edits["alone"][:2]) if squares == 2 else (None, None)
+    assert squares == 1 or not torch.equal(first, second)  # each square draws noise of its own
 
 
 def test_partial_denoise_starts_from_the_noised_source(tiny_pipeline, inputs):
