@@ -30,6 +30,34 @@ def test_an_encoded_reference_reused_gives_the_one_shot_result(tiny_pipeline, in
     assert torch.equal(one_shot.latents, reused.latents)
 
 
+def test_the_blank_embedding_is_computed_once_while_the_weights_stay(tiny_models, inputs):
+    """Every reference encoding needs the embedding of the blank input; it is kept, not recomputed,
+    until a weight it came from is replaced, and what is kept is what a new pipeline computes."""
+    reference = inputs[2]
+    pipeline = MimicBrushPipeline(tiny_models)
+    encoder_rows = []
+    hook = tiny_models.image_encoder.register_forward_pre_hook(lambda m, args, kw: encoder_rows.append(
+        kw.get("pixel_values", args[0] if args else None).shape[0]), with_kwargs=True)
+    projection = tiny_models.image_proj
+    original = projection.projector.weight
+    try:
+        first = pipeline.encode_reference(reference)
+        again = pipeline.encode_reference([reference, reference.flip(2)])
+        baseline = pipeline.no_reference()
+        assert encoder_rows == [1, 1, 2]  # the blank input once, before or after the first reference
+        assert torch.equal(again.embeds_uncond, first.embeds_uncond) and torch.equal(baseline.embeds_cond,
+                                                                                     first.embeds_uncond)
+        torch.testing.assert_close(first.embeds_uncond, MimicBrushPipeline(tiny_models).blank_embedding(),
+                                   atol=0, rtol=0)
+        projection.projector.weight = torch.nn.Parameter(original.detach() * 2, requires_grad=False)
+        encoder_rows.clear()
+        changed = pipeline.encode_reference(reference)
+        assert encoder_rows == [1, 1] and not torch.equal(changed.embeds_uncond, first.embeds_uncond)
+    finally:
+        projection.projector.weight = original
+        hook.remove()
+
+
 def test_a_batch_of_samples(tiny_pipeline, inputs):
     single = tiny_pipeline.edit(*inputs, steps=STEPS, seed=11)
     batch = tiny_pipeline.edit(*inputs, steps=STEPS, seed=11, num_samples=3)
