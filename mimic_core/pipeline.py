@@ -319,8 +319,9 @@ class MimicBrushPipeline:
         the authors' code) in the authors' order: reference posterior, initial noise, collage
         posterior (repeated per region); with several reference images that order holds for the
         first, and the others' posterior noise comes from a stream of its own
-        (:class:`SeedStreams`), so the same seed starts from the same noise whatever views are added. ``callback(step, total, latents)`` runs after each step;
-        ``should_stop()`` is asked before each step and ends the edit with :class:`EditInterrupted`.
+        (:class:`SeedStreams`), so the same seed starts from the same noise whatever views are added.
+        ``callback(step, total, latents)`` runs after each step; ``should_stop()`` is asked before
+        each step and ends the edit with :class:`EditInterrupted`.
         """
         sampling, regions = self.edit_options(sampling, regions, **settings)
         if depth_map is not None and not torch.isfinite(depth_map).all():
