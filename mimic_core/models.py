@@ -17,6 +17,7 @@ from .feed_forward import chunk_feed_forwards
 from .files import release_mapped_pages
 from .prepacked import prepack_convolutions, prepack_linears
 from .vae import load_vae
+from .winograd import winograd_convolutions
 
 
 @dataclass
@@ -44,20 +45,25 @@ class MimicBrushModels:
         return next(self.unet.parameters()).dtype
 
     def use_inference_layers(self) -> "MimicBrushModels":
-        """Give the U-Nets layers that compute the same function faster in CPU inference:
-        convolutions and linear layers on weights packed once for oneDNN (:mod:`mimic_core.prepacked`;
-        convolutions 1.5-2.6x faster at the low resolutions) and feed-forwards computed a block of
-        rows at a time (:mod:`mimic_core.feed_forward`). All take the stock path for autograd, other
+        """Give the U-Nets and the VAE layers that compute the same function faster in CPU
+        inference: in the U-Nets, convolutions and linear layers on weights packed once for oneDNN
+        (:mod:`mimic_core.prepacked`; convolutions 1.5-2.6x faster at the low resolutions) and
+        feed-forwards computed a block of rows at a time (:mod:`mimic_core.feed_forward`); in both,
+        3x3 convolutions by Winograd's F(4x4, 3x3) at the sizes where that is faster
+        (:mod:`mimic_core.winograd`, float32 only). All take the stock path for autograd, other
         dtypes and devices.
 
-        Not the VAE's convolutions: they are at high resolution, where packing gains little, and a
-        packed convolution returns channels-last activations, on which the CPU's GroupNorm rounds
-        differently; that moves the VAE encoder's latents from the authors' by up to 4e-3 on the
-        golden fixture, 40 times its stage tolerance, where the U-Nets stay within theirs."""
+        The VAE's convolutions are not packed: they are at high resolution, where packing gains
+        little, and a packed convolution returns channels-last activations, on which the CPU's
+        GroupNorm rounds differently; that moves the VAE encoder's latents from the authors' by up
+        to 4e-3 on the golden fixture, 40 times its stage tolerance, where the U-Nets stay within
+        theirs. A Winograd convolution returns the stock layout."""
         for module in (self.unet, self.referencenet):
             prepack_convolutions(module)
             prepack_linears(module)
             chunk_feed_forwards(module)
+        for module in (self.unet, self.referencenet, self.vae):
+            winograd_convolutions(module)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":

@@ -1,0 +1,138 @@
+"""Winograd's F(4x4, 3x3) convolution (mimic_core.winograd): the same function as PyTorch's 3x3
+convolution within its rounding, where the layers use it, and the golden fixture's parity with every
+eligible convolution of the tiny models computed by it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimic_core import winograd
+from mimic_core.edit_options import SamplingOptions
+from mimic_core.pipeline import EncodedReference
+from mimic_core.prepacked import PrepackedConv2d, prepack_convolutions
+from mimic_core.winograd import (PrepackedWinogradConv2d, WinogradConv2d, winograd_conv2d, winograd_convolutions,
+                                 winograd_gains)
+
+from tests.support import as_image_tensor
+
+RELATIVE_ERROR = 3e-5
+"""F(4x4, 3x3) in float32 stays within about 1e-5 of the output's largest value (direct: 3e-7)."""
+
+
+def _relative_error(actual: torch.Tensor, input, weight, bias) -> float:
+    exact = F.conv2d(input.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    return ((actual.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+@pytest.mark.parametrize("batch, in_channels, out_channels, height, width, bias", [
+    (1, 8, 16, 16, 16, True),
+    (2, 24, 8, 13, 22, True),  # sizes that are not multiples of the 4x4 output block
+    (3, 5, 7, 1, 9, False),
+    (1, 64, 64, 64, 48, False),
+])
+def test_winograd_convolution_is_the_3x3_convolution(batch, in_channels, out_channels, height, width, bias):
+    generator = torch.Generator().manual_seed(height * width + in_channels)
+    input = torch.randn(batch, in_channels, height, width, generator=generator)
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=generator) / (9 * in_channels) ** 0.5
+    bias = torch.randn(out_channels, generator=generator) if bias else None
+    output = winograd_conv2d(input, weight, bias)
+    assert output.shape == (batch, out_channels, height, width) and output.is_contiguous()
+    assert _relative_error(output, input, weight, bias) < RELATIVE_ERROR
+
+
+def test_slices_of_rows_give_the_whole_image_result(monkeypatch):
+    """Large images are computed a slice of block rows at a time; the slices tile the output exactly."""
+    generator = torch.Generator().manual_seed(3)
+    input = torch.randn(2, 16, 37, 29, generator=generator)
+    weight = torch.randn(12, 16, 3, 3, generator=generator)
+    bias = torch.randn(12, generator=generator)
+    whole = winograd_conv2d(input, weight, bias)
+    monkeypatch.setattr(winograd, "BLOCK_VALUES", 36 * 16 * 2 * 8 * 3)  # three rows of blocks a slice
+    sliced = winograd_conv2d(input, weight, bias)
+    assert torch.allclose(sliced, whole, rtol=0, atol=1e-6)
+    assert _relative_error(sliced, input, weight, bias) < RELATIVE_ERROR
+
+
+def test_the_measured_sizes_choose_winograd():
+    assert winograd_gains(320, 320, 64, 64) and winograd_gains(1280, 640, 32, 32)
+    assert winograd_gains(512, 512, 256, 256) and winograd_gains(256, 128, 512, 512)
+    assert not winograd_gains(1280, 1280, 16, 16)  # thin products: the kernel's transform costs more
+    assert not winograd_gains(128, 128, 512, 512)  # few channels at large size: the transforms' traffic does
+    assert not winograd_gains(13, 320, 64, 64)
+
+
+def test_layers_take_winograd_only_where_it_is_their_function_and_gains():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1, stride=2),
+                          nn.Conv2d(64, 64, 1), nn.Conv2d(64, 64, 3, padding=1, groups=2), nn.Conv2d(64, 64, 3))
+    packed = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1))
+    prepack_convolutions(packed)
+    assert winograd_convolutions(model) == 1 and winograd_convolutions(packed) == 1
+    assert [type(layer) for layer in model] == [WinogradConv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d]
+    assert type(packed[0]) is PrepackedWinogradConv2d and isinstance(packed[0], PrepackedConv2d)
+
+    layer = model[0]
+    large, small = torch.randn(1, 64, 32, 40), torch.randn(1, 64, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(layer(large), winograd_conv2d(large, layer.weight, layer.bias))
+        assert torch.equal(layer(small), F.conv2d(small, layer.weight, layer.bias, padding=1))
+        assert torch.equal(packed[0](large), winograd_conv2d(large, packed[0].weight, packed[0].bias))
+        assert torch.allclose(packed[0](small), F.conv2d(small, packed[0].weight, packed[0].bias, padding=1),
+                              rtol=0, atol=1e-5)
+    # autograd records the stock convolution, whose gradients it knows
+    large.requires_grad_(True)
+    out = layer(large)
+    assert torch.equal(out, F.conv2d(large, layer.weight, layer.bias, padding=1))
+    out.sum().backward()
+    assert large.grad is not None and layer.weight.grad is not None
+
+
+@pytest.fixture
+def every_convolution_by_winograd(monkeypatch, tiny_models):
+    """The tiny models' every eligible 3x3 convolution computed by Winograd (the fixture's channels
+    are far below the sizes where it gains), counting the calls."""
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return winograd_conv2d(*args)
+
+    monkeypatch.setattr(winograd, "winograd_gains", lambda *size: True)
+    monkeypatch.setattr(winograd, "winograd_conv2d", counted)
+    return calls
+
+
+def _max_error(actual, expected) -> float:
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+@pytest.mark.parametrize("case", ["on", "off"])
+def test_golden_denoising_loop_and_decoding_hold_with_winograd(every_convolution_by_winograd, tiny_pipeline,
+                                                               tiny_models, golden, case):
+    g, expected = golden["inputs"], golden[case]
+    encoded = EncodedReference([], g["image_prompt_embeds_cond"], g["image_prompt_embeds_uncond"])
+    with torch.no_grad():
+        final = tiny_pipeline._denoise(
+            g["initial_noise"], g["reference_latents"], g["masked_image_latents"], g["mask_latent"],
+            expected["depth_feature"], encoded, SamplingOptions(steps=4, guidance=5.0), lambda *progress: None)
+        unet_calls = len(every_convolution_by_winograd)
+        decoded = tiny_models.vae.decode(golden["on"]["final_latents"] / 0.18215).sample
+    assert unet_calls > 0 and len(every_convolution_by_winograd) > unet_calls
+    assert _max_error(final, expected["final_latents"]) <= 1e-4
+    assert _max_error(decoded, golden["on"]["decoded"]) <= 1e-4
+
+
+def test_golden_edit_from_the_pngs_holds_with_winograd(every_convolution_by_winograd, tiny_pipeline, golden,
+                                                      fixture_images):
+    with torch.no_grad():
+        result = tiny_pipeline.edit(
+            as_image_tensor(fixture_images["source"]), torch.from_numpy(fixture_images["mask"].astype(np.float32)),
+            as_image_tensor(fixture_images["reference"]), keep_shape=True, steps=4, guidance=5.0, seed=1)
+    assert every_convolution_by_winograd
+    assert _max_error(result.latents, golden["on"]["final_latents"]) <= 1e-3
+    square = np.asarray(result.square[0], dtype=np.int64)
+    assert np.abs(square - golden["on"]["output_512_uint8"].numpy().astype(np.int64)).max() <= 1
