@@ -29,6 +29,7 @@ from .files import release_mapped_pages
 from .models import MimicBrushModels
 from .prepacked import tensor_state
 from .shape_control import blank_depth_map, square_depth_map
+from .winograd import workspace_released_after
 
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
@@ -438,7 +439,7 @@ class MimicBrushPipeline:
         deep = DeepFeatureCache(models.unet) if sampling.deep_features_every > 1 else None
         whole = whole_steps(total, guided_steps, sampling.deep_features_every)
         every = sampling.reference_every
-        with install_reference_attention(models.referencenet, models.unet) as handle:
+        with install_reference_attention(models.referencenet, models.unet) as handle, workspace_released_after():
             handle.bank.reference_strength = sampling.reference_strength
             for index, timestep in enumerate(timesteps):
                 if should_stop is not None and should_stop():

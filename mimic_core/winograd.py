@@ -4,24 +4,24 @@ A 3x3 convolution computes each 4x4 block of its output from the 6x6 block of in
 Direct, that costs 16 x 9 = 144 multiplications per block, channel pair; Winograd's algorithm
 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) transforms the input
 block and the 3x3 kernel into 6x6 each, multiplies them point by point (36 multiplications) and
-transforms the product back: the channel sums become 36 matrix products of a quarter of the direct
-convolution's arithmetic. The function is the same; the rounding is not. In float32 the output
-differs from the exact one by about 3e-6 of its largest value, against about 3e-7 for the direct
-convolution, which is within the exact mode's bound (a relative error of 1e-4 against the authors'
-order at the end of an edit; ``bench/speed.py`` prints it).
+transforms the product back: the sums over channels become 36 matrix products with a quarter of the
+direct convolution's arithmetic. The function is the same; the rounding is not. In float32 the
+output differs from the exact one by about 3e-6 of its largest value, against about 3e-7 for the
+direct convolution; an edit stays well within the exact mode's bound (a relative error of 1e-4
+against the authors' order at its end; ``bench/speed.py`` prints it).
 
-PyTorch's CPU convolutions are direct (oneDNN). On this project's 2-core AVX512 CPU, the
-U-Nets' 3x3 convolutions at 64x64 and 32x32 latents (320 and 640 channels) run here in 0.42-0.76 of
-the packed oneDNN time. Where the product is small (8x8 latents, 1280 channels) the matrices
-are too thin and the kernel transform costs more than it saves; where channels are few and images
-large (the VAE's 128 channels at 512x512) the transforms' memory traffic does: those keep the
-direct convolution (:func:`winograd_gains`).
-
-The kernel's transform is made at each call, not kept: at 36/9 of the kernel's size, kept transforms
-of the U-Nets' convolutions would add more memory than the exact mode may take.
+PyTorch's CPU convolutions are direct (oneDNN). On this project's 2-core AVX512 CPU the U-Nets'
+convolutions at 64x64 and 32x32 latents run here in 0.51-0.73 of the packed oneDNN time and the
+VAE's in 0.45-0.78 of the stock time (:func:`winograd_gains` says where it is used). The kernel's
+transform is made at each call, not kept: at 36/9 of the kernel's size, kept transforms of the
+U-Nets' convolutions would take more memory than the exact mode may.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -73,45 +73,109 @@ BLOCK_VALUES = 1 << 23
 slice of rows of blocks at a time, so that its transforms and products stay small and in the caches."""
 
 
-def winograd_gains(in_channels: int, out_channels: int, height: int, width: int) -> bool:
-    """Whether F(4x4, 3x3) beats oneDNN's direct convolution for this size on a CPU like this
-    project's, as measured: 64 or more channels each way at 32x32 to 64x64, and 256 or more input
-    channels at any larger size (the VAE's 512- and 256-channel layers; not its 128-channel ones)."""
-    if min(in_channels, out_channels) < 64 or min(height, width) < 32:
-        return False
-    return max(height, width) <= 64 or in_channels >= 256
+MIN_CHANNELS = 64
+MIN_SIDE = 32
+MIN_BLOCKS = 64
+"""Below these (channels each way, image side, output blocks of the whole batch) the direct
+convolution was as fast or faster: thin products, for which the kernel's transform costs more than
+the multiplications saved."""
 
 
-def transform_kernel(weight: torch.Tensor) -> torch.Tensor:
+def winograd_gains(in_channels: int, out_channels: int, batch: int, height: int, width: int) -> bool:
+    """Whether F(4x4, 3x3) beats oneDNN's direct convolution for this call on a CPU like this
+    project's, as measured (see :data:`MIN_BLOCKS`): at SD-1.5 size the U-Nets' convolutions at
+    64x64 and 32x32 latents (0.51-0.73 of the packed direct time), not at 16x16 (1.0 at batch 2,
+    1.6 at batch 1) nor 8x8, and the VAE's from 128 channels up (0.45-0.78), not its 3-channel
+    input and output layers."""
+    blocks = batch * -(-height // 4) * -(-width // 4)
+    return (min(in_channels, out_channels) >= MIN_CHANNELS and min(height, width) >= MIN_SIDE
+            and blocks >= MIN_BLOCKS)
+
+
+class Workspace(threading.local):
+    """Buffers kept from one call to the next, one set per thread: a tensor of tens of megabytes
+    allocated afresh comes from the operating system each time, every page faulted in and zeroed,
+    which made a 640x640 kernel's transform take 24 ms instead of 8.5 (and the slices' transforms
+    likewise). Holds at most the largest call's intermediates (about 0.3 GB at SD-1.5 size, the
+    most for the U-Nets' 1920->640 convolutions) until :func:`release_workspace`."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def tensor(self, role: str, *shape: int) -> torch.Tensor:
+        """A float32 CPU tensor of ``shape`` for ``role``, its values undefined."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(role)
+        if buffer is None or buffer.numel() < size:
+            self.buffers.pop(role, None)
+            buffer = self.buffers[role] = torch.empty(size)
+        return buffer[:size].view(shape)
+
+
+_workspace = Workspace()
+
+
+def release_workspace() -> None:
+    """Give back this thread's kept buffers."""
+    _workspace.buffers.clear()
+
+
+@contextlib.contextmanager
+def workspace_released_after():
+    """Run a block, then give back this thread's kept buffers, however it ends: the sampling loop
+    keeps the U-Nets' (the largest) only while it runs, so they are gone before the VAE decodes."""
+    try:
+        yield
+    finally:
+        release_workspace()
+
+
+def transform_kernel(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """A (out, in, 3, 3) kernel's transform, (36, out, in)."""
     out_channels, in_channels = weight.shape[:2]
     flat = weight.reshape(out_channels * in_channels, 9)
-    return (KERNEL_TRANSFORM @ flat.t()).view(36, out_channels, in_channels)
+    if out is None:
+        return (KERNEL_TRANSFORM @ flat.t()).view(36, out_channels, in_channels)
+    return torch.mm(KERNEL_TRANSFORM, flat.t(), out=out.view(36, -1)).view(36, out_channels, in_channels)
 
 
 def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.conv2d(input, weight, bias, padding=1)`` for a 3x3 kernel, by F(4x4, 3x3), in float32."""
+    """``F.conv2d(input, weight, bias, padding=1)`` for a 3x3 kernel, by F(4x4, 3x3), in float32.
+
+    A slice of rows of blocks at a time (:data:`BLOCK_VALUES`), each slice padded on its own and its
+    result, bias added, written straight into the output. The kernel's transform and each slice's
+    intermediates live in this thread's :class:`Workspace`."""
     batch, in_channels, height, width = input.shape
     out_channels = weight.shape[0]
     block_rows, block_columns = -(-height // 4), -(-width // 4)
-    padded = F.pad(input, (1, block_columns * 4 + 1 - width, 1, block_rows * 4 + 1 - height))
-    kernel = transform_kernel(weight)
+    kernel = transform_kernel(weight, out=_workspace.tensor("kernel", 36, out_channels, in_channels))
+    exact_fit = height % 4 == 0 and width % 4 == 0
     output = input.new_empty(batch, out_channels, block_rows * 4, block_columns * 4)
+    bias = None if bias is None else bias.view(1, -1, 1, 1, 1, 1)
     rows_at_a_time = max(1, BLOCK_VALUES // (36 * in_channels * batch * block_columns))
     for first in range(0, block_rows, rows_at_a_time):
         rows = min(rows_at_a_time, block_rows - first)
-        blocks = padded[:, :, first * 4:(first + rows) * 4 + 2].unfold(2, 6, 4).unfold(3, 6, 4)
+        tiles = batch * rows * block_columns
+        # input rows first*4 - 1 ... (first + rows)*4 + 1, zero outside the image
+        top, bottom = first * 4 - 1, (first + rows) * 4 + 1
+        padded = F.pad(input[:, :, max(top, 0):min(bottom, height)],
+                       (1, block_columns * 4 + 1 - width, max(-top, 0), max(bottom - height, 0)))
         # (6, 6, in, batch, rows, columns): each of the 36 positions a matrix of channels by blocks
-        blocks = blocks.permute(4, 5, 1, 0, 2, 3).reshape(36, -1)
-        transformed = (INPUT_TRANSFORM @ blocks).view(36, in_channels, -1)
-        products = torch.bmm(kernel, transformed)
-        outputs = (OUTPUT_TRANSFORM @ products.view(36, -1)).view(4, 4, out_channels, batch, rows, block_columns)
+        blocks = _workspace.tensor("blocks", 6, 6, in_channels, batch, rows, block_columns)
+        blocks.copy_(padded.unfold(2, 6, 4).unfold(3, 6, 4).permute(4, 5, 1, 0, 2, 3))
+        transformed = _workspace.tensor("transformed", 36, in_channels * tiles)
+        torch.mm(INPUT_TRANSFORM, blocks.view(36, -1), out=transformed)
+        products = _workspace.tensor("products", 36, out_channels, tiles)
+        torch.bmm(kernel, transformed.view(36, in_channels, tiles), out=products)
+        outputs = _workspace.tensor("outputs", 16, out_channels * tiles)
+        torch.mm(OUTPUT_TRANSFORM, products.view(36, -1), out=outputs)
+        outputs = outputs.view(4, 4, out_channels, batch, rows, block_columns).permute(3, 2, 4, 0, 5, 1)
         target = output[:, :, first * 4:(first + rows) * 4].view(batch, out_channels, rows, 4, block_columns, 4)
-        target.copy_(outputs.permute(3, 2, 4, 0, 5, 1))
-    output = output[:, :, :height, :width]
-    if bias is not None:
-        return output + bias.view(1, -1, 1, 1)
-    return output.contiguous()
+        if bias is None:
+            target.copy_(outputs)
+        else:
+            torch.add(outputs, bias, out=target)
+    return output if exact_fit else output[:, :, :height, :width].contiguous()
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -126,10 +190,12 @@ class WinogradConv2d(nn.Conv2d):
 
     def _winograd_serves(self, input: torch.Tensor) -> bool:
         tensors = [input, self.weight] + ([self.bias] if self.bias is not None else [])
-        return (input.dim() == 4
-                and all(t.device.type == "cpu" and t.dtype is torch.float32 for t in tensors)
-                and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-                and winograd_gains(self.in_channels, self.out_channels, input.shape[2], input.shape[3]))
+        if input.dim() != 4 or not all(t.device.type == "cpu" and t.dtype is torch.float32 for t in tensors):
+            return False
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return False
+        batch, _, height, width = input.shape
+        return winograd_gains(self.in_channels, self.out_channels, batch, height, width)
 
 
 class PrepackedWinogradConv2d(WinogradConv2d, PrepackedConv2d):

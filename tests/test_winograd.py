@@ -57,12 +57,26 @@ def test_slices_of_rows_give_the_whole_image_result(monkeypatch):
     assert _relative_error(sliced, input, weight, bias) < RELATIVE_ERROR
 
 
+def test_kept_buffers_do_not_carry_one_call_into_another():
+    generator = torch.Generator().manual_seed(5)
+    small, large = torch.randn(1, 8, 12, 12, generator=generator), torch.randn(2, 24, 40, 36, generator=generator)
+    small_weight, large_weight = torch.randn(4, 8, 3, 3, generator=generator), torch.randn(16, 24, 3, 3, generator=generator)
+    first = winograd_conv2d(small, small_weight, None)
+    winograd_conv2d(large, large_weight, None)
+    assert torch.equal(winograd_conv2d(small, small_weight, None), first)
+    assert winograd._workspace.buffers
+    winograd.release_workspace()
+    assert not winograd._workspace.buffers
+    assert torch.equal(winograd_conv2d(small, small_weight, None), first)
+
+
 def test_the_measured_sizes_choose_winograd():
-    assert winograd_gains(320, 320, 64, 64) and winograd_gains(1280, 640, 32, 32)
-    assert winograd_gains(512, 512, 256, 256) and winograd_gains(256, 128, 512, 512)
-    assert not winograd_gains(1280, 1280, 16, 16)  # thin products: the kernel's transform costs more
-    assert not winograd_gains(128, 128, 512, 512)  # few channels at large size: the transforms' traffic does
-    assert not winograd_gains(13, 320, 64, 64)
+    assert winograd_gains(320, 320, 2, 64, 64) and winograd_gains(1280, 640, 2, 32, 32)
+    assert winograd_gains(640, 640, 1, 32, 32)  # the reference U-Net's batch of 1
+    assert winograd_gains(512, 512, 1, 256, 256) and winograd_gains(128, 128, 1, 512, 512)
+    assert not winograd_gains(1280, 1280, 2, 16, 16)  # thin products: the kernel's transform costs more
+    assert not winograd_gains(1280, 1280, 2, 8, 8)
+    assert not winograd_gains(3, 128, 1, 512, 512) and not winograd_gains(128, 3, 1, 512, 512)
 
 
 def test_layers_take_winograd_only_where_it_is_their_function_and_gains():
@@ -120,6 +134,7 @@ def test_golden_denoising_loop_and_decoding_hold_with_winograd(every_convolution
             g["initial_noise"], g["reference_latents"], g["masked_image_latents"], g["mask_latent"],
             expected["depth_feature"], encoded, SamplingOptions(steps=4, guidance=5.0), lambda *progress: None)
         unet_calls = len(every_convolution_by_winograd)
+        assert not winograd._workspace.buffers  # the loop gives its kept buffers back at its end
         decoded = tiny_models.vae.decode(golden["on"]["final_latents"] / 0.18215).sample
     assert unet_calls > 0 and len(every_convolution_by_winograd) > unet_calls
     assert _max_error(final, expected["final_latents"]) <= 1e-4
