@@ -50,10 +50,8 @@ class MimicBrushModels:
         (:mod:`mimic_core.prepacked`; convolutions 1.5-2.6x faster at the low resolutions) and
         feed-forwards computed a block of rows at a time (:mod:`mimic_core.feed_forward`); in both,
         3x3 convolutions by Winograd's F(4x4, 3x3) at the sizes where that is faster
-        (:mod:`mimic_core.winograd`, float32 only); in the image encoder, linear layers on packed
-        weights (at SD-1.5 size its pass takes 1.7 s instead of 2.2, and its first, which packs,
-        2.7 s instead of the 3.6 s that paging its weights in costs the stock layers). All take the
-        stock path for autograd, other dtypes and devices.
+        (:mod:`mimic_core.winograd`, float32 only). All take the stock path for autograd, other
+        dtypes and devices.
 
         The VAE's convolutions are not packed: they are at high resolution, where packing gains
         little, and a packed convolution returns channels-last activations, on which the CPU's
@@ -66,7 +64,6 @@ class MimicBrushModels:
             chunk_feed_forwards(module)
         for module in (self.unet, self.referencenet, self.vae):
             winograd_convolutions(module)
-        prepack_linears(self.image_encoder)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":

@@ -27,7 +27,7 @@ from .edit_options import SAMPLERS, RegionOptions, SamplingOptions, check_sample
 from .errors import EditInterrupted, InputError, ModelFileError
 from .files import release_mapped_pages
 from .models import MimicBrushModels
-from .prepacked import drop_packed_weights, tensor_state
+from .prepacked import tensor_state
 from .shape_control import blank_depth_map, square_depth_map
 from .winograd import workspace_released_after
 
@@ -164,9 +164,8 @@ class MimicBrushPipeline:
     context), kept while the image encoder's and projection's weights stay what and where they were.
 
     ``release_encoders``: once the image encoder has embedded a reference and the depth model
-    has estimated a depth, give back the memory their memory-mapped weights and packed copies hold
-    on the CPU (:func:`~mimic_core.files.release_mapped_pages`; they are read in and packed again
-    when next used).
+    has estimated a depth, give back the memory their memory-mapped weights hold on the CPU
+    (:func:`~mimic_core.files.release_mapped_pages`; they are read in again when next used).
     For callers that own the models (the CLI); a host that manages model memory itself, as
     ComfyUI does, leaves it off.
     """
@@ -182,7 +181,6 @@ class MimicBrushPipeline:
 
     def _done_with(self, module: torch.nn.Module | None) -> None:
         if self.release_encoders and module is not None:
-            drop_packed_weights(module)
             release_mapped_pages(module.parameters())
 
     def latent_size(self, working_size: int) -> int:

@@ -160,14 +160,6 @@ def prepack_linears(module: nn.Module) -> int:
                            lambda layer: torch.backends.mkldnn.is_available() and type(layer) is nn.Linear)
 
 
-def drop_packed_weights(module: nn.Module) -> None:
-    """Give back the packed weights of ``module``'s layers (each is packed again at its next forward),
-    for a caller done with a network for now whose plain weights' mapped pages it gives back too."""
-    for layer in module.modules():
-        if isinstance(layer, PackedWeight):
-            layer._packed = None
-
-
 def _convert_layers(module: nn.Module, kind: type[PackedWeight], convertible) -> int:
     converted = 0
     for layer in module.modules():

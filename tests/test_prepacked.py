@@ -10,11 +10,8 @@ import torch
 from torch import nn
 
 from mimic_core.files import load_safetensors
-from mimic_core.pipeline import MimicBrushPipeline
 from mimic_core.prepacked import PrepackedConv2d, PrepackedLinear, packs_dtype, prepack_convolutions, prepack_linears
 from mimic_core.winograd import PrepackedWinogradConv2d, WinogradConv2d
-
-from tests.support import as_image_tensor
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -193,19 +190,7 @@ def test_the_loaded_networks_run_prepacked(tiny_models):
         assert linears and all(type(m) is PrepackedLinear for m in linears)
     assert not any(isinstance(m, (PrepackedConv2d, PrepackedLinear)) for m in tiny_models.vae.modules())
     assert any(type(m) is WinogradConv2d for m in tiny_models.vae.modules())
-    linears = [m for m in tiny_models.image_encoder.modules() if isinstance(m, nn.Linear)]
-    assert linears and all(type(m) is PrepackedLinear for m in linears)
-
-
-def test_a_pipeline_that_releases_its_encoders_drops_their_packed_weights(tiny_models, fixture_images):
-    pipeline = MimicBrushPipeline(tiny_models, release_encoders=True)
-    pipeline.encode_reference(as_image_tensor(fixture_images["reference"]))
-    packed = [m for m in tiny_models.image_encoder.modules() if isinstance(m, PrepackedLinear)]
-    assert packed and all(m._packed is None for m in packed)
-    with torch.no_grad():
-        side = tiny_models.image_encoder.config.image_size
-        tiny_models.image_encoder(torch.zeros(1, 3, side, side))
-    assert all(m._packed is not None for m in packed)  # packed again when next used
+    assert not any(type(m) is PrepackedLinear for m in tiny_models.image_encoder.modules())
 
 
 # --- linear layers -----------------------------------------------------------------------------------
