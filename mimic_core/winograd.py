@@ -130,13 +130,11 @@ def workspace_released_after():
         release_workspace()
 
 
-def transform_kernel(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """A (out, in, 3, 3) kernel's transform, (36, out, in)."""
+def transform_kernel(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A (out, in, 3, 3) kernel's transform, written into ``out`` (36, out, in)."""
     out_channels, in_channels = weight.shape[:2]
-    flat = weight.reshape(out_channels * in_channels, 9)
-    if out is None:
-        return (KERNEL_TRANSFORM @ flat.t()).view(36, out_channels, in_channels)
-    return torch.mm(KERNEL_TRANSFORM, flat.t(), out=out.view(36, -1)).view(36, out_channels, in_channels)
+    torch.mm(KERNEL_TRANSFORM, weight.reshape(out_channels * in_channels, 9).t(), out=out.view(36, -1))
+    return out
 
 
 def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
