@@ -108,7 +108,9 @@ class Workspace(threading.local):
         buffer = self.buffers.get(role)
         if buffer is None or buffer.numel() < size:
             self.buffers.pop(role, None)
-            buffer = self.buffers[role] = torch.empty(size)
+            # a plain tensor even in inference mode: an inference tensor may not be written outside it
+            with torch.inference_mode(False):
+                buffer = self.buffers[role] = torch.empty(size)
         return buffer[:size].view(shape)
 
 

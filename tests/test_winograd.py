@@ -70,6 +70,19 @@ def test_kept_buffers_do_not_carry_one_call_into_another():
     assert torch.equal(winograd_conv2d(small, small_weight, None), first)
 
 
+def test_buffers_made_in_inference_mode_serve_outside_it():
+    """ComfyUI runs in inference mode, tests and other hosts under no_grad or plain; one thread's
+    kept buffers serve them all."""
+    winograd.release_workspace()
+    generator = torch.Generator().manual_seed(6)
+    input, weight = torch.randn(1, 8, 16, 16, generator=generator), torch.randn(8, 8, 3, 3, generator=generator)
+    with torch.inference_mode():
+        in_inference = winograd_conv2d(input, weight, None)
+    with torch.no_grad():
+        assert torch.equal(winograd_conv2d(input, weight, None), in_inference)
+    assert torch.equal(winograd_conv2d(input, weight, None), in_inference)
+
+
 def test_the_measured_sizes_choose_winograd():
     assert winograd_gains(320, 320, 2, 64, 64) and winograd_gains(1280, 640, 2, 32, 32)
     assert winograd_gains(640, 640, 1, 32, 32)  # the reference U-Net's batch of 1
