@@ -200,6 +200,7 @@ class MimicBrushPipeline:
         return posterior.mean, posterior.std
 
     @torch.inference_mode()
+    @workspace_released_after()
     def encode_reference(self, reference: ImageInput, mask: ImageInput | None = None) -> EncodedReference:
         """Prepare a reference for any number of edits.
 
@@ -297,6 +298,7 @@ class MimicBrushPipeline:
         return sampling, regions
 
     @torch.inference_mode()
+    @workspace_released_after()
     def edit(self, source: torch.Tensor, mask: torch.Tensor, reference: ImageInput | EncodedReference, *,
              keep_shape: bool = False, depth_map: torch.Tensor | None = None,
              sampling: SamplingOptions | None = None, regions: RegionOptions | None = None,

@@ -6,7 +6,7 @@ Direct, that costs 16 x 9 = 144 multiplications per block, channel pair; Winogra
 block and the 3x3 kernel into 6x6 each, multiplies them point by point (36 multiplications) and
 transforms the product back: the sums over channels become 36 matrix products with a quarter of the
 direct convolution's arithmetic. The function is the same; the rounding is not. In float32 the
-output differs from the exact one by about 3e-6 of its largest value, against about 3e-7 for the
+output differs from the exact one by 3-5e-6 of its largest value, against about 3e-7 for the
 direct convolution; an edit stays well within the exact mode's bound (a relative error of 1e-4
 against the authors' order at its end; ``bench/speed.py`` prints it).
 
@@ -30,7 +30,7 @@ from torch import nn
 from .prepacked import PrepackedConv2d
 
 # The interpolation points 0, 1, -1, 2, -1/2 and infinity: on random data of the U-Nets' sizes the
-# result's largest error is 3e-6 of its largest value against 9e-6 with the usual 0, 1, -1, 2, -2
+# result's largest error is 3-5e-6 of its largest value against 9e-6 with the usual 0, 1, -1, 2, -2
 # (the choice studied by Barabasz et al., "Error analysis and improving the accuracy of Winograd
 # convolution for deep neural networks", 2020). The input and output transforms' entries are exact
 # in binary.
@@ -75,21 +75,17 @@ slice of rows of blocks at a time, so that its transforms and products stay smal
 
 MIN_CHANNELS = 64
 MIN_SIDE = 32
-MIN_BLOCKS = 64
-"""Below these (channels each way, image side, output blocks of the whole batch) the direct
-convolution was as fast or faster: thin products, for which the kernel's transform costs more than
-the multiplications saved."""
+"""Below these (channels each way, image side) the direct convolution was as fast or faster: thin
+products, for which the kernel's transform costs more than the multiplications saved."""
 
 
-def winograd_gains(in_channels: int, out_channels: int, batch: int, height: int, width: int) -> bool:
+def winograd_gains(in_channels: int, out_channels: int, height: int, width: int) -> bool:
     """Whether F(4x4, 3x3) beats oneDNN's direct convolution for this call on a CPU like this
-    project's, as measured (see :data:`MIN_BLOCKS`): at SD-1.5 size the U-Nets' convolutions at
-    64x64 and 32x32 latents (0.51-0.73 of the packed direct time), not at 16x16 (1.0 at batch 2,
-    1.6 at batch 1) nor 8x8, and the VAE's from 128 channels up (0.45-0.78), not its 3-channel
-    input and output layers."""
-    blocks = batch * -(-height // 4) * -(-width // 4)
-    return (min(in_channels, out_channels) >= MIN_CHANNELS and min(height, width) >= MIN_SIDE
-            and blocks >= MIN_BLOCKS)
+    project's, as measured: at SD-1.5 size the U-Nets' convolutions at 64x64 and 32x32 latents
+    (0.51-0.73 of the packed direct time, at batch 1 and 2), not at 16x16 (1.0 at batch 2, 1.6 at
+    batch 1) nor 8x8, and the VAE's from 128 channels up (0.45-0.78), not its 3-channel input and
+    output layers."""
+    return min(in_channels, out_channels) >= MIN_CHANNELS and min(height, width) >= MIN_SIDE
 
 
 class Workspace(threading.local):
@@ -97,7 +93,8 @@ class Workspace(threading.local):
     allocated afresh comes from the operating system each time, every page faulted in and zeroed,
     which made a 640x640 kernel's transform take 24 ms instead of 8.5 (and the slices' transforms
     likewise). Holds at most the largest call's intermediates (about 0.3 GB at SD-1.5 size, the
-    most for the U-Nets' 1920->640 convolutions) until :func:`release_workspace`."""
+    most for the U-Nets' 1280->1280 convolution at 32x32, whose kernel transform is 236 MB) until
+    :func:`release_workspace`."""
 
     def __init__(self) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
@@ -124,8 +121,9 @@ def release_workspace() -> None:
 
 @contextlib.contextmanager
 def workspace_released_after():
-    """Run a block, then give back this thread's kept buffers, however it ends: the sampling loop
-    keeps the U-Nets' (the largest) only while it runs, so they are gone before the VAE decodes."""
+    """Run a block (or, as a decorator, a function), then give back this thread's kept buffers,
+    however it ends: the sampling loop keeps the U-Nets' (the largest) only while it runs, so they
+    are gone before the VAE decodes, and an edit keeps none after it."""
     try:
         yield
     finally:
@@ -145,6 +143,8 @@ def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     A slice of rows of blocks at a time (:data:`BLOCK_VALUES`), each slice padded on its own and its
     result, bias added, written straight into the output. The kernel's transform and each slice's
     intermediates live in this thread's :class:`Workspace`."""
+    if input.numel() == 0:
+        return F.conv2d(input, weight, bias, padding=1)
     batch, in_channels, height, width = input.shape
     out_channels = weight.shape[0]
     block_rows, block_columns = -(-height // 4), -(-width // 4)
@@ -190,12 +190,13 @@ class WinogradConv2d(nn.Conv2d):
 
     def _winograd_serves(self, input: torch.Tensor) -> bool:
         tensors = [input, self.weight] + ([self.bias] if self.bias is not None else [])
-        if input.dim() != 4 or not all(t.device.type == "cpu" and t.dtype is torch.float32 for t in tensors):
+        if input.dim() != 4 or input.numel() == 0 or not is_winograd_shaped(self):
+            return False
+        if not all(t.device.type == "cpu" and t.dtype is torch.float32 for t in tensors):
             return False
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return False
-        batch, _, height, width = input.shape
-        return winograd_gains(self.in_channels, self.out_channels, batch, height, width)
+        return winograd_gains(self.in_channels, self.out_channels, input.shape[2], input.shape[3])
 
 
 class PrepackedWinogradConv2d(WinogradConv2d, PrepackedConv2d):
@@ -203,13 +204,17 @@ class PrepackedWinogradConv2d(WinogradConv2d, PrepackedConv2d):
     (:class:`~mimic_core.prepacked.PrepackedConv2d`)."""
 
 
+def is_winograd_shaped(layer: nn.Conv2d) -> bool:
+    """Whether a convolution is what :func:`winograd_conv2d` computes: zero-padded 3x3 of stride 1,
+    padding 1, no dilation or groups."""
+    return (layer.kernel_size == (3, 3) and layer.stride == (1, 1) and layer.padding == (1, 1)
+            and layer.dilation == (1, 1) and layer.groups == 1 and layer.padding_mode == "zeros")
+
+
 def computes_by_winograd(layer: nn.Module) -> bool:
-    """Whether :func:`winograd_conv2d` is this layer's function: a zero-padded 3x3 convolution of
-    stride 1, padding 1, no dilation or groups, plain or packed (not another subclass, whose
-    forward may differ)."""
-    return (type(layer) in (nn.Conv2d, PrepackedConv2d) and layer.kernel_size == (3, 3) and layer.stride == (1, 1)
-            and layer.padding == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
-            and layer.padding_mode == "zeros")
+    """Whether a layer is a plain or packed convolution (not another subclass, whose forward may
+    differ) that :func:`is_winograd_shaped`."""
+    return type(layer) in (nn.Conv2d, PrepackedConv2d) and is_winograd_shaped(layer)
 
 
 def winograd_convolutions(module: nn.Module) -> int:
