@@ -54,6 +54,14 @@ def packs_dtype(dtype: torch.dtype) -> bool:
     return dtype is torch.bfloat16 and bool(native_cpu_precision(dtype))
 
 
+def cpu_inference_call(layer: nn.Module, input: torch.Tensor) -> bool:
+    """Whether a call of a layer with a weight (and bias) is CPU inference: the input, weight and
+    bias on the CPU in one dtype, with autograd not recording."""
+    tensors = [input, layer.weight] + ([layer.bias] if layer.bias is not None else [])
+    return (all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
 class PackedWeight:
     """What a layer with a weight packed once shares: when the packed call serves, the packed weight
     (made afresh when the weight or bias it came from has changed), and dropping it on a real move
@@ -74,13 +82,10 @@ class PackedWeight:
         return packs_dtype(dtype)
 
     def _packable(self, input: torch.Tensor) -> bool:
-        """Whether the packed call serves: a batch on the CPU in the weight's dtype, one that this
-        kind of layer packs in (:meth:`_packs`), with autograd not recording."""
-        tensors = [input, self.weight] + ([self.bias] if self.bias is not None else [])
+        """Whether the packed call serves: CPU inference (:func:`cpu_inference_call`) in a dtype
+        that this kind of layer packs in (:meth:`_packs`)."""
         return ((self.input_dims is None or input.dim() == self.input_dims)
-                and all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors)
-                and self._packs(input.dtype)
-                and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+                and cpu_inference_call(self, input) and self._packs(input.dtype))
 
     def _packed_weight(self, input: torch.Tensor) -> torch.Tensor:
         source = (tensor_state(self.weight), tensor_state(self.bias))

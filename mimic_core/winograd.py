@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prepacked import PrepackedConv2d
+from .prepacked import PrepackedConv2d, cpu_inference_call
 
 # The interpolation points 0, 1, -1, 2, -1/2 and infinity: on random data of the U-Nets' sizes the
 # result's largest error is 3-5e-6 of its largest value against 9e-6 with the usual 0, 1, -1, 2, -2
@@ -189,14 +189,9 @@ class WinogradConv2d(nn.Conv2d):
         return winograd_conv2d(input, self.weight, self.bias)
 
     def _winograd_serves(self, input: torch.Tensor) -> bool:
-        tensors = [input, self.weight] + ([self.bias] if self.bias is not None else [])
-        if input.dim() != 4 or input.numel() == 0 or not is_winograd_shaped(self):
-            return False
-        if not all(t.device.type == "cpu" and t.dtype is torch.float32 for t in tensors):
-            return False
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return False
-        return winograd_gains(self.in_channels, self.out_channels, input.shape[2], input.shape[3])
+        return (input.dim() == 4 and input.numel() > 0 and input.dtype is torch.float32 and is_winograd_shaped(self)
+                and cpu_inference_call(self, input)
+                and winograd_gains(self.in_channels, self.out_channels, input.shape[2], input.shape[3]))
 
 
 class PrepackedWinogradConv2d(WinogradConv2d, PrepackedConv2d):
