@@ -94,6 +94,12 @@ class AuthorsReader:
 class AuthorsOrderPipeline(MimicBrushPipeline):
     """The engine with the authors' per-step computation (guided sampling only)."""
 
+    def blank_embedding(self):
+        """Their pipeline embeds the all-zero CLIP input at every call (IP-Adapter's way), keeping
+        nothing between edits."""
+        self._blank_embedding = None
+        return super().blank_embedding()
+
     def depth_map(self, source):
         """Their depth pass keeps autograd on (parameters requiring grad): it builds a graph."""
         if source is None:

@@ -16,6 +16,7 @@ from .depth import load_depth_model
 from .feed_forward import chunk_feed_forwards
 from .files import release_mapped_pages
 from .prepacked import prepack_convolutions, prepack_linears
+from .resnet_blocks import in_place_resnet_blocks
 from .vae import load_vae
 from .winograd import winograd_convolutions
 
@@ -50,8 +51,9 @@ class MimicBrushModels:
         (:mod:`mimic_core.prepacked`; convolutions 1.5-2.6x faster at the low resolutions) and
         feed-forwards computed a block of rows at a time (:mod:`mimic_core.feed_forward`); in both,
         3x3 convolutions by Winograd's F(4x4, 3x3) at the sizes where that is faster
-        (:mod:`mimic_core.winograd`, float32 only). All take the stock path for autograd, other
-        dtypes and devices.
+        (:mod:`mimic_core.winograd`, float32 only) and ResNet blocks that write their SiLUs and
+        additions into the tensors they have just made (:mod:`mimic_core.resnet_blocks`). All take
+        the stock path for autograd; the packed and Winograd layers also for other dtypes and devices.
 
         The VAE's convolutions are not packed: they are at high resolution, where packing gains
         little, and a packed convolution returns channels-last activations, on which the CPU's
@@ -64,6 +66,7 @@ class MimicBrushModels:
             chunk_feed_forwards(module)
         for module in (self.unet, self.referencenet, self.vae):
             winograd_convolutions(module)
+            in_place_resnet_blocks(module)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":

@@ -1,0 +1,101 @@
+"""ResNet blocks that compute their SiLUs and additions in place give the stock block's result bit
+for bit, leave their input alone, and take the stock forward wherever in place would change the
+function (autograd, resampling, scale-and-shift time embedding, active dropout)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from diffusers.models.resnet import ResnetBlock2D
+
+from mimic_core.resnet_blocks import InPlaceResnetBlock2D, in_place_resnet_blocks
+from tests.support import require_fixture
+
+
+def _pair(**settings):
+    """A stock block and its in-place copy, and the calls of the copy's stock SiLU module (which
+    only the stock forward makes)."""
+    torch.manual_seed(0)
+    settings = {"in_channels": 8, "out_channels": 8, "temb_channels": None, "groups": 4, **settings}
+    stock = ResnetBlock2D(**settings).eval()
+    for parameter in stock.parameters():  # diffusers zero-initialises nothing here, but make every weight count
+        torch.nn.init.normal_(parameter, 0, 0.3)
+    in_place = copy.deepcopy(stock)
+    assert in_place_resnet_blocks(in_place) == 1
+    stock_calls = []
+    in_place.nonlinearity.register_forward_hook(lambda *args: stock_calls.append(1))
+    return stock, in_place, stock_calls
+
+
+@pytest.mark.parametrize("settings, temb_rows", [
+    ({}, None),  # the VAE's: no time embedding
+    ({"in_channels": 8, "out_channels": 12}, None),  # with a 1x1 shortcut
+    ({"temb_channels": 16}, 2),  # the U-Nets': a time embedding per sample
+    ({"temb_channels": 16, "out_channels": 12}, 1),  # one embedding for the batch
+    ({"temb_channels": 16, "skip_time_act": True}, 2),
+    ({"output_scale_factor": 2.0}, None),
+])
+@pytest.mark.parametrize("grad_mode", [torch.inference_mode, torch.no_grad])
+def test_in_place_block_is_the_stock_block_bit_for_bit(settings, temb_rows, grad_mode):
+    stock, in_place, stock_calls = _pair(**settings)
+    x = torch.randn(2, 8, 9, 7)
+    temb = None if temb_rows is None else torch.randn(temb_rows, 16)
+    before = x.clone()
+    with grad_mode():
+        ours = in_place(x, temb)
+        theirs = stock(x, temb)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(x, before), "the block's input was written"
+    assert stock_calls == []
+    assert in_place.state_dict().keys() == stock.state_dict().keys()
+
+
+@pytest.mark.parametrize("settings", [{"up": True}, {"down": True}, {"time_embedding_norm": "scale_shift", "temb_channels": 16},
+                                      {"non_linearity": "mish"}])
+def test_blocks_the_in_place_steps_do_not_describe_take_the_stock_forward(settings):
+    stock, in_place, stock_calls = _pair(**settings)
+    x = torch.randn(1, 8, 8, 8)
+    temb = torch.randn(1, 16) if settings.get("temb_channels") else None
+    with torch.inference_mode():
+        assert torch.equal(in_place(x, temb), stock(x, temb))
+    assert stock_calls
+
+
+def test_a_time_embedding_that_would_enlarge_the_batch_takes_the_stock_forward():
+    stock, in_place, stock_calls = _pair(temb_channels=16)
+    x, temb = torch.randn(1, 8, 8, 8), torch.randn(3, 16)
+    with torch.inference_mode():
+        assert torch.equal(in_place(x, temb), stock(x, temb))
+    assert in_place(x, temb).shape[0] == 3 and stock_calls
+
+
+def test_autograd_and_active_dropout_take_the_stock_forward():
+    stock, in_place, stock_calls = _pair(dropout=0.5)
+    x = torch.randn(2, 8, 8, 8)
+    in_place.eval()
+    stock(x, None).square().sum().backward()
+    in_place(x, None).square().sum().backward()
+    assert len(stock_calls) == 2
+    for ours, theirs in zip(in_place.parameters(), stock.parameters()):
+        assert torch.equal(ours.grad, theirs.grad)
+    in_place.train()
+    with torch.no_grad():
+        in_place(x, None)
+    assert len(stock_calls) == 4
+
+
+def test_the_fixture_vae_encodes_and_decodes_bit_for_bit_with_in_place_blocks():
+    fixture = require_fixture()
+    stock = AutoencoderKL.from_config(json.loads((fixture / "vae_config.json").read_text())).eval()
+    ours = copy.deepcopy(stock)
+    assert in_place_resnet_blocks(ours) == sum(isinstance(m, ResnetBlock2D) for m in stock.modules()) > 0
+    assert all(type(m) is InPlaceResnetBlock2D for m in ours.modules() if isinstance(m, ResnetBlock2D))
+    torch.manual_seed(1)
+    pixels, latents = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, stock.config.latent_channels, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(ours.encode(pixels).latent_dist.mean, stock.encode(pixels).latent_dist.mean)
+        assert torch.equal(ours.decode(latents).sample, stock.decode(latents).sample)
