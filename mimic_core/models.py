@@ -51,9 +51,11 @@ class MimicBrushModels:
         (:mod:`mimic_core.prepacked`; convolutions 1.5-2.6x faster at the low resolutions) and
         feed-forwards computed a block of rows at a time (:mod:`mimic_core.feed_forward`); in both,
         3x3 convolutions by Winograd's F(4x4, 3x3) at the sizes where that is faster
-        (:mod:`mimic_core.winograd`, float32 only) and ResNet blocks that write their SiLUs and
-        additions into the tensors they have just made (:mod:`mimic_core.resnet_blocks`). All take
-        the stock path for autograd; the packed and Winograd layers also for other dtypes and devices.
+        (:mod:`mimic_core.winograd`, float32 only); in the VAE, ResNet blocks that write their SiLUs
+        and additions into the tensors they have just made (:mod:`mimic_core.resnet_blocks`; the
+        U-Nets' activations are small enough that a U-Net pass measured no faster with them). All
+        take the stock path for autograd; the packed and Winograd layers also for other dtypes and
+        devices.
 
         The VAE's convolutions are not packed: they are at high resolution, where packing gains
         little, and a packed convolution returns channels-last activations, on which the CPU's
@@ -66,7 +68,7 @@ class MimicBrushModels:
             chunk_feed_forwards(module)
         for module in (self.unet, self.referencenet, self.vae):
             winograd_convolutions(module)
-            in_place_resnet_blocks(module)
+        in_place_resnet_blocks(self.vae)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":

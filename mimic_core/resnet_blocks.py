@@ -1,17 +1,19 @@
-"""The ResNet blocks of the U-Nets and the VAE compute their elementwise steps in place in inference.
+"""The VAE's ResNet blocks compute their elementwise steps in place in inference.
 
 diffusers' ``ResnetBlock2D`` makes a new tensor at every step: GroupNorm, SiLU, the convolution,
-SiLU again, the residual sum and its division by ``output_scale_factor`` (1.0 in SD-1.5's networks).
+SiLU again, the residual sum and its division by ``output_scale_factor`` (1.0 in the SD VAE).
 In the VAE at 512² those are 67-134 MB each; a tensor that large comes fresh from the operating
-system at every call, every page faulted in and zeroed. The SiLUs, the time embedding's and the
-residual's additions and the division can all write into the tensor just made by the step before
+system at every call, every page faulted in and zeroed. The SiLUs, the residual's addition and the
+division can all write into the tensor just made by the step before
 (GroupNorm's output, a convolution's output), which nothing else holds: the same operations on the
 same values, in the same order, so the result is the same bit for bit, with half the fresh tensors.
+The U-Nets keep the stock block: at their sizes (10 MB at the 64x64 latents) a full-size U-Net pass
+measured no faster in place (7.95 s against 7.78 s, four passes each way, alternating).
 
 :func:`in_place_resnet_blocks` turns a module's ``ResnetBlock2D`` layers into
-:class:`InPlaceResnetBlock2D`: same parameters, same state dict. Calls that record autograd, blocks
-that resample, scale-and-shift time embedding, another nonlinearity, active dropout or extra
-arguments take the stock forward.
+:class:`InPlaceResnetBlock2D`: same parameters, same state dict. Calls that record autograd or pass
+a time embedding, blocks that resample, another nonlinearity, active dropout or extra arguments take
+the stock forward.
 """
 
 from __future__ import annotations
@@ -23,18 +25,13 @@ from torch import nn
 
 
 class InPlaceResnetBlock2D(ResnetBlock2D):
-    """diffusers ``ResnetBlock2D`` whose inference writes its SiLUs, additions and scaling into the
-    tensors its GroupNorms and convolutions return."""
+    """diffusers ``ResnetBlock2D`` whose inference without a time embedding (the VAE's) writes its
+    SiLUs, residual addition and scaling into the tensors its GroupNorms and convolutions return."""
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or not self._in_place_serves(input_tensor, temb):
+        if args or kwargs or temb is not None or not self._in_place_serves(input_tensor):
             return super().forward(input_tensor, temb, *args, **kwargs)
-        hidden = F.silu(self.norm1(input_tensor), inplace=True)
-        hidden = self.conv1(hidden)
-        if temb is not None:
-            if not self.skip_time_act:
-                temb = F.silu(temb)
-            hidden.add_(self.time_emb_proj(temb)[:, :, None, None])
+        hidden = self.conv1(F.silu(self.norm1(input_tensor), inplace=True))
         hidden = F.silu(self.norm2(hidden), inplace=True)
         hidden = self.conv2(hidden)
         shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
@@ -43,17 +40,14 @@ class InPlaceResnetBlock2D(ResnetBlock2D):
             hidden.div_(self.output_scale_factor)
         return hidden
 
-    def _in_place_serves(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> bool:
-        """Whether the in-place steps are this call's function: no resampling, the default time
-        embedding, SiLU, no active dropout, autograd not recording, and no time embedding or one the
-        block projects and that broadcasts over the hidden tensor without enlarging it."""
+    def _in_place_serves(self, input_tensor: torch.Tensor) -> bool:
+        """Whether the in-place steps are this call's function: no resampling, the default
+        normalisation, SiLU, no active dropout, autograd not recording."""
         if (self.upsample is not None or self.downsample is not None or self.time_embedding_norm != "default"
                 or type(self.nonlinearity) is not nn.SiLU or (self.training and self.dropout.p > 0)):
             return False
-        if torch.is_grad_enabled() and (input_tensor.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False
-        return temb is None or (self.time_emb_proj is not None and temb.dim() == 2
-                                and temb.shape[0] in (1, input_tensor.shape[0]))
+        return not (torch.is_grad_enabled()
+                    and (input_tensor.requires_grad or any(p.requires_grad for p in self.parameters())))
 
 
 def in_place_resnet_blocks(module: nn.Module) -> int:

@@ -7,10 +7,12 @@ import copy
 
 import pytest
 import torch
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from mimic_core.files import load_safetensors
 from mimic_core.prepacked import PrepackedConv2d, PrepackedLinear, packs_dtype, prepack_convolutions, prepack_linears
+from mimic_core.resnet_blocks import InPlaceResnetBlock2D
 from mimic_core.winograd import PrepackedWinogradConv2d, WinogradConv2d
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
@@ -181,7 +183,8 @@ def test_only_plain_zero_padded_convolutions_are_converted():
 
 def test_the_loaded_networks_run_prepacked(tiny_models):
     """The golden-parity tests load through :func:`load_models`, so they check the packed path
-    (the U-Nets' 3x3 convolutions packed and by Winograd where it gains, the VAE's by Winograd only)."""
+    (the U-Nets' 3x3 convolutions packed and by Winograd where it gains, the VAE's by Winograd only,
+    and the VAE's ResNet blocks in place, the U-Nets' stock)."""
     for unet in (tiny_models.unet, tiny_models.referencenet):
         convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d)]
         assert convs and all(isinstance(m, PrepackedConv2d) for m in convs)
@@ -191,6 +194,10 @@ def test_the_loaded_networks_run_prepacked(tiny_models):
     assert not any(isinstance(m, (PrepackedConv2d, PrepackedLinear)) for m in tiny_models.vae.modules())
     assert any(type(m) is WinogradConv2d for m in tiny_models.vae.modules())
     assert not any(type(m) is PrepackedLinear for m in tiny_models.image_encoder.modules())
+    vae_blocks = [m for m in tiny_models.vae.modules() if isinstance(m, ResnetBlock2D)]
+    assert vae_blocks and all(type(m) is InPlaceResnetBlock2D for m in vae_blocks)
+    for unet in (tiny_models.unet, tiny_models.referencenet):
+        assert all(type(m) is ResnetBlock2D for m in unet.modules() if isinstance(m, ResnetBlock2D))
 
 
 # --- linear layers -----------------------------------------------------------------------------------
