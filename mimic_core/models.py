@@ -104,7 +104,7 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
     diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
     transformers folder), needed for every edit since the released model always consumes a depth
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
-    ``inference_layers`` gives the U-Nets layers that compute the same function faster in CPU
+    ``inference_layers`` gives the U-Nets and the VAE layers that compute the same function faster in CPU
     inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the stock ones.
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))

@@ -1,6 +1,6 @@
 """The VAE's ResNet blocks, computing their SiLUs and additions in place, give the stock block's
 result bit for bit, leave their input alone, and take the stock forward for what they do not
-cover (autograd, a time embedding, resampling, another nonlinearity, active dropout)."""
+cover (autograd, a time embedding, autocast, resampling, another nonlinearity, active dropout)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def _pair(**settings):
     return stock, in_place, stock_calls
 
 
-@pytest.mark.parametrize("settings", [{}, {"out_channels": 12}, {"output_scale_factor": 2.0}],
-                         ids=["the VAE's", "with a 1x1 shortcut", "scaled"])
+@pytest.mark.parametrize("settings", [{}, {"time_embedding_norm": "group"}, {"out_channels": 12},
+                                      {"output_scale_factor": 2.0}],
+                         ids=["the VAE encoder's", "the VAE decoder's", "with a 1x1 shortcut", "scaled"])
 @pytest.mark.parametrize("grad_mode", [torch.inference_mode, torch.no_grad])
 def test_in_place_block_is_the_stock_block_bit_for_bit(settings, grad_mode):
     stock, in_place, stock_calls = _pair(**settings)
@@ -59,6 +60,26 @@ def test_blocks_and_calls_the_in_place_steps_do_not_cover_take_the_stock_forward
     assert stock_calls
 
 
+@pytest.mark.parametrize("settings, error", [({"temb_channels": 16}, TypeError),
+                                             ({"time_embedding_norm": "scale_shift"}, ValueError)])
+def test_a_block_that_needs_a_time_embedding_fails_without_one_as_the_stock_block_does(settings, error):
+    stock, in_place, _ = _pair(**settings)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.inference_mode():
+        for block in (stock, in_place):
+            with pytest.raises(error):
+                block(x, None)
+
+
+def test_autocast_takes_the_stock_forward_and_its_dtype():
+    stock, in_place, stock_calls = _pair()
+    x = torch.randn(1, 8, 8, 8)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        ours, theirs = in_place(x, None), stock(x, None)
+    assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+    assert stock_calls
+
+
 def test_autograd_and_active_dropout_take_the_stock_forward():
     stock, in_place, stock_calls = _pair(dropout=0.5)
     x = torch.randn(2, 8, 8, 8)
@@ -72,16 +93,26 @@ def test_autograd_and_active_dropout_take_the_stock_forward():
     with torch.no_grad():
         in_place(x, None)
     assert len(stock_calls) == 4
+    in_place.eval().requires_grad_(False)
+    stock.requires_grad_(False)
+    x.requires_grad_(True)
+    in_place(x, None).square().sum().backward()
+    assert len(stock_calls) == 6, "an input that records autograd takes the stock forward"
 
 
 def test_the_fixture_vae_encodes_and_decodes_bit_for_bit_with_in_place_blocks():
     fixture = require_fixture()
     stock = AutoencoderKL.from_config(json.loads((fixture / "vae_config.json").read_text())).eval()
     ours = copy.deepcopy(stock)
-    assert in_place_resnet_blocks(ours) == sum(isinstance(m, ResnetBlock2D) for m in stock.modules()) > 0
-    assert all(type(m) is InPlaceResnetBlock2D for m in ours.modules() if isinstance(m, ResnetBlock2D))
+    blocks = [m for m in ours.modules() if isinstance(m, ResnetBlock2D)]
+    assert in_place_resnet_blocks(ours) == len(blocks) > 0
+    assert all(type(m) is InPlaceResnetBlock2D for m in blocks)
+    stock_calls = []
+    for block in blocks:  # only the stock forward calls the SiLU module
+        block.nonlinearity.register_forward_hook(lambda *args: stock_calls.append(1))
     torch.manual_seed(1)
     pixels, latents = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, stock.config.latent_channels, 8, 8)
     with torch.inference_mode():
         assert torch.equal(ours.encode(pixels).latent_dist.mean, stock.encode(pixels).latent_dist.mean)
         assert torch.equal(ours.decode(latents).sample, stock.decode(latents).sample)
+    assert stock_calls == [], "a block of the VAE took the stock forward"
