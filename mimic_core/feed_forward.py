@@ -21,6 +21,8 @@ from diffusers.models.activations import GEGLU
 from diffusers.models.attention import FeedForward
 from torch import nn
 
+from .layer_classes import replace_layer_class
+
 CHUNK_ROWS = 1024
 """Rows (batch x tokens) per block: about 10 MB of GEGLU intermediate at the 64x64 level."""
 
@@ -59,9 +61,4 @@ class RowChunkedFeedForward(FeedForward):
 def chunk_feed_forwards(module: nn.Module) -> int:
     """Make every diffusers ``FeedForward`` in ``module`` a :class:`RowChunkedFeedForward`;
     returns how many there are."""
-    converted = 0
-    for layer in module.modules():
-        if type(layer) is FeedForward:
-            layer.__class__ = RowChunkedFeedForward
-        converted += isinstance(layer, RowChunkedFeedForward)
-    return converted
+    return replace_layer_class(module, FeedForward, RowChunkedFeedForward)

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from .layer_classes import replace_layer_class
+
 
 class InPlaceResnetBlock2D(ResnetBlock2D):
     """diffusers ``ResnetBlock2D`` whose inference without a time embedding (the VAE's) writes its
@@ -62,9 +64,4 @@ class InPlaceResnetBlock2D(ResnetBlock2D):
 def in_place_resnet_blocks(module: nn.Module) -> int:
     """Make every diffusers ``ResnetBlock2D`` in ``module`` an :class:`InPlaceResnetBlock2D`;
     returns how many there are."""
-    converted = 0
-    for layer in module.modules():
-        if type(layer) is ResnetBlock2D:
-            layer.__class__ = InPlaceResnetBlock2D
-        converted += isinstance(layer, InPlaceResnetBlock2D)
-    return converted
+    return replace_layer_class(module, ResnetBlock2D, InPlaceResnetBlock2D)
