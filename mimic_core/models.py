@@ -104,8 +104,9 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
     diffusers folder or a single file); ``depth_model`` Depth Anything (the authors' ``.pth`` or a
     transformers folder), needed for every edit since the released model always consumes a depth
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
-    ``inference_layers`` gives the U-Nets and the VAE layers that compute the same function faster in CPU
-    inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the stock ones.
+    With ``inference_layers`` the U-Nets and the VAE get layers that compute the same function
+    faster in CPU inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the
+    stock ones.
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None

@@ -2,7 +2,7 @@
 
 diffusers' ``ResnetBlock2D`` makes a new tensor at every step: GroupNorm, SiLU, the convolution,
 SiLU again, the residual sum and its division by ``output_scale_factor`` (1.0 in the SD VAE).
-In the VAE at 512² those are 67-134 MB each; a tensor that large comes fresh from the operating
+In the VAE at 512² those are 8-268 MB each; a tensor that large comes fresh from the operating
 system at every call, every page faulted in and zeroed. The SiLUs, the residual's addition and the
 division can all write into the tensor just made by the step before
 (GroupNorm's output, a convolution's output), which nothing else holds: the same operations on the
@@ -13,8 +13,10 @@ measured no faster in place (7.95 s against 7.78 s, four passes each way, altern
 :func:`in_place_resnet_blocks` turns a module's ``ResnetBlock2D`` layers into
 :class:`InPlaceResnetBlock2D`: same parameters, same state dict. Calls that record autograd, pass
 a time embedding or run under autocast, and blocks that resample, project a time embedding, use
-another nonlinearity or active dropout take the stock forward. The in-place path calls SiLU
-directly, so hooks on a block's ``nonlinearity`` module do not run there.
+``scale_shift``, another nonlinearity, layers other than GroupNorm and Conv2d, a residual sum that
+broadcasts or active dropout take the stock forward. The in-place path calls SiLU directly, so
+hooks on a block's ``nonlinearity`` module do not run there, and it writes into what ``norm1``,
+``norm2`` and ``conv2`` return, so a hook that keeps one of those sees it overwritten.
 """
 
 from __future__ import annotations
@@ -53,12 +55,23 @@ class InPlaceResnetBlock2D(ResnetBlock2D):
         layers_fit = (all(isinstance(norm, nn.GroupNorm) for norm in (self.norm1, self.norm2))
                       and all(isinstance(conv, nn.Conv2d) for conv in (self.conv1, self.conv2))
                       and type(self.nonlinearity) is nn.SiLU)
-        if (not layers_fit or self.upsample is not None or self.downsample is not None or self.time_emb_proj is not None
-                or self.time_embedding_norm == "scale_shift" or (self.training and self.dropout.p > 0)
-                or torch.is_autocast_enabled(input_tensor.device.type)):
+        # without a shortcut convolution the sum must not broadcast (stock's would, add_ cannot)
+        shapes_fit = self.conv_shortcut is not None or self.conv2.out_channels == input_tensor.shape[1]
+        if (not layers_fit or not shapes_fit or self.upsample is not None or self.downsample is not None
+                or self.time_emb_proj is not None or self.time_embedding_norm == "scale_shift"
+                or (self.training and self.dropout.p > 0) or autocast_enabled(input_tensor.device.type)):
             return False
         return not (torch.is_grad_enabled()
                     and (input_tensor.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``. ``torch.is_autocast_enabled`` takes the device
+    type from PyTorch 2.4 on; older releases (ComfyUI brings its own) have one function per device."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def in_place_resnet_blocks(module: nn.Module) -> int:

@@ -1,6 +1,7 @@
 """The VAE's ResNet blocks, computing their SiLUs and additions in place, give the stock block's
 result bit for bit, leave their input alone, and take the stock forward for what they do not
-cover (autograd, a time embedding, autocast, resampling, another nonlinearity, active dropout)."""
+cover (autograd, a time embedding, autocast, resampling, scale_shift, another nonlinearity or
+other layers, a broadcasting residual sum, active dropout)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.resnet import ResnetBlock2D
 
-from mimic_core.resnet_blocks import InPlaceResnetBlock2D, in_place_resnet_blocks
+from mimic_core.resnet_blocks import InPlaceResnetBlock2D, autocast_enabled, in_place_resnet_blocks
 from tests.support import require_fixture
 
 
@@ -69,6 +70,57 @@ def test_a_block_that_needs_a_time_embedding_fails_without_one_as_the_stock_bloc
         for block in (stock, in_place):
             with pytest.raises(error):
                 block(x, None)
+
+
+def test_a_time_embedding_given_to_a_block_without_a_projection_takes_the_stock_forward():
+    """The stock block adds such an embedding as it is; the in-place steps have no place for it."""
+    stock, in_place, stock_calls = _pair()
+    x, temb = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 1, 1)
+    with torch.inference_mode():
+        assert torch.equal(in_place(x, temb), stock(x, temb))
+    assert stock_calls
+
+
+@pytest.mark.parametrize("layer", ["norm1", "conv1"])
+def test_a_layer_that_may_return_its_input_takes_the_stock_forward_and_keeps_the_input(layer):
+    stock, in_place, stock_calls = _pair()
+    for block in (stock, in_place):
+        setattr(block, layer, torch.nn.Identity())
+    x = torch.randn(1, 8, 8, 8)
+    before = x.clone()
+    with torch.inference_mode():
+        assert torch.equal(in_place(x, None), stock(x, None))
+    assert torch.equal(x, before) and stock_calls
+
+
+def test_a_residual_sum_that_would_broadcast_takes_the_stock_forward():
+    stock, in_place, stock_calls = _pair(in_channels=1, out_channels=8, groups=1, use_in_shortcut=False)
+    x = torch.randn(1, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(in_place(x, None), stock(x, None))
+    assert stock_calls
+
+
+def test_autocast_is_read_on_torch_releases_before_2_4(monkeypatch):
+    """Before PyTorch 2.4 ``torch.is_autocast_enabled`` took no device type (CUDA's alone) and the
+    CPU had its own function."""
+    by_device = torch.is_autocast_enabled
+
+    def before_2_4(*args):
+        if args:
+            raise TypeError("is_autocast_enabled() takes 0 positional arguments but 1 was given")
+        return by_device("cuda")
+
+    def read_as_before_2_4() -> bool:
+        # torch.autocast itself reads the new function, so it is patched only while the engine reads
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "is_autocast_enabled", before_2_4)
+            patch.setattr(torch, "is_autocast_cpu_enabled", lambda: by_device("cpu"))
+            return autocast_enabled("cpu")
+
+    assert read_as_before_2_4() is False
+    with torch.autocast("cpu", torch.bfloat16):
+        assert read_as_before_2_4() is True
 
 
 def test_autocast_takes_the_stock_forward_and_its_dtype():
