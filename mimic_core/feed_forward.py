@@ -21,7 +21,7 @@ from diffusers.models.activations import GEGLU
 from diffusers.models.attention import FeedForward
 from torch import nn
 
-from .layer_classes import replace_layer_class
+from .layer_classes import records_autograd, replace_layer_class
 
 CHUNK_ROWS = 1024
 """Rows (batch x tokens) per block: about 10 MB of GEGLU intermediate at the 64x64 level."""
@@ -54,8 +54,7 @@ class RowChunkedFeedForward(FeedForward):
         return (hidden_states.shape[:-1].numel() > CHUNK_ROWS
                 and type(self.net[0]) is GEGLU and type(self.net[2]) is nn.Linear and len(dropouts) == len(self.net) - 2
                 and not (self.training and any(module.p > 0 for module in dropouts))
-                and not (torch.is_grad_enabled()
-                         and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters()))))
+                and not records_autograd(self, hidden_states))
 
 
 def chunk_feed_forwards(module: nn.Module) -> int:

@@ -1,7 +1,9 @@
-"""Giving layers of a stock class a subclass that computes the same function another way."""
+"""Giving layers of a stock class a subclass that computes the same function another way in
+inference, and the test each such layer makes before it does: whether a call records autograd."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -15,3 +17,10 @@ def replace_layer_class(module: nn.Module, stock: type[nn.Module], replacement: 
             layer.__class__ = replacement
         replaced += isinstance(layer, replacement)
     return replaced
+
+
+def records_autograd(layer: nn.Module, input: torch.Tensor) -> bool:
+    """Whether a call of ``layer`` on ``input`` records autograd: gradients enabled, and the input or
+    any of the layer's parameters requiring them. Such calls take the stock forward, whose
+    gradients autograd knows."""
+    return torch.is_grad_enabled() and (input.requires_grad or any(p.requires_grad for p in layer.parameters()))

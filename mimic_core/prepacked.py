@@ -37,6 +37,7 @@ from torch import nn
 
 from .cpu_precision import native_cpu_precision
 from .files import release_mapped_pages
+from .layer_classes import records_autograd
 
 
 def tensor_state(tensor: torch.Tensor | None) -> tuple | None:
@@ -58,8 +59,7 @@ def cpu_inference_call(layer: nn.Module, input: torch.Tensor) -> bool:
     """Whether a call of a layer with a weight (and bias) is CPU inference: the input, weight and
     bias on the CPU in one dtype, with autograd not recording."""
     tensors = [input, layer.weight] + ([layer.bias] if layer.bias is not None else [])
-    return (all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+    return all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors) and not records_autograd(layer, input)
 
 
 class PackedWeight:

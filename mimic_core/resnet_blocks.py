@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from .layer_classes import replace_layer_class
+from .layer_classes import records_autograd, replace_layer_class
 
 
 class InPlaceResnetBlock2D(ResnetBlock2D):
@@ -61,8 +61,7 @@ class InPlaceResnetBlock2D(ResnetBlock2D):
                 or self.time_emb_proj is not None or self.time_embedding_norm == "scale_shift"
                 or (self.training and self.dropout.p > 0) or autocast_enabled(input_tensor.device.type)):
             return False
-        return not (torch.is_grad_enabled()
-                    and (input_tensor.requires_grad or any(p.requires_grad for p in self.parameters())))
+        return not records_autograd(self, input_tensor)
 
 
 def autocast_enabled(device_type: str) -> bool:
