@@ -7,7 +7,8 @@ self-attention as well, and keeps the reference mix only for the conditional hal
 pass runs with autograd on. The function is the same as the engine's exact mode.
 
 Their loading (:func:`load_like_authors`) reads the ``.bin`` into memory with ``torch.load`` and
-copies it into networks built beforehand.
+copies it into networks built beforehand, so every weight is in memory before their first edit;
+:func:`read_every_weight` puts networks loaded by the engine's memory-mapping reader in that state.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def load_like_authors(path, config_dir) -> dict[str, torch.nn.Module]:
     networks["image_encoder"].load_state_dict(
         {k: v for k, v in state_dicts["image_encoder"].items() if not k.endswith("position_ids")}, strict=False)
     return networks
+
+
+def read_every_weight(networks) -> None:
+    """Read every parameter and buffer of ``networks`` once, as a first forward pass would: memory-mapped
+    weights are then in this process's memory (the authors' state after their ``torch.load``) rather
+    than paged in during the first pass that uses them."""
+    for network in networks:
+        for tensor in [*network.parameters(), *network.buffers()]:
+            tensor.detach().sum()
 
 
 def read_checkpoint_configs(config_dir) -> dict:

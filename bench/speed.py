@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.authors_order import AuthorsOrderPipeline  # noqa: E402
+from bench.authors_order import AuthorsOrderPipeline, read_every_weight  # noqa: E402
 from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config  # noqa: E402
 from mimic_core.command_options import DTYPES  # noqa: E402
 from mimic_core.deep_cache import whole_steps  # noqa: E402
@@ -215,6 +215,8 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
     models = load_models(files["safetensors"], files["vae"], files["depth"], inference_layers=mode != "authors",
                          dtype=torch.float32 if mode == "authors" else dtype)
+    if mode == "authors":  # their torch.load has read every weight before the edit; ours pages them in during it
+        read_every_weight(models.modules().values())
     source, mask, reference, edit_options = _inputs(mode)
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
@@ -312,9 +314,7 @@ def measure_load(files: dict, loader: str) -> dict:
         components = load_like_authors(files["bin"], config_dir)
     else:
         components = build_components(read_checkpoint(files[LOADERS[loader]], config_dir))
-    for module in components.values():  # touch every weight once, as a first forward pass would
-        for parameter in module.parameters():
-            parameter.data.sum()
+    read_every_weight(components.values())
     return {"mode": f"load {loader}", "total_s": time.perf_counter() - started,
             "peak_rss_gib": peak_resident_gib()}
 
