@@ -12,7 +12,9 @@ Depth Anything ViT-B, the SD VAE), writes them once as an authors'-format ``.bin
 The authors' order and exact mode run at the same time in two processes that take turns step by
 step (:class:`Turns`: only one computes at a time), so that each pair of steps meets the same
 machine: this CPU's speed drifts by 10-20% over minutes, more than the difference being measured.
-Their outputs are checked to agree. Fast mode takes turns in the same way with an exact run of its
+Their outputs are checked to agree. The authors' order has read every weight before its edit, as
+their ``torch.load`` of the ``.bin`` has; ours pages its weights in from the mapped file as it uses
+them. Fast mode takes turns in the same way with an exact run of its
 own, against which its speed-up is reckoned; loading each file runs alone. fp32 on the CPU, 512².
 Prints one Markdown table. ``tiny`` does the same on
 the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
