@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import ModelFileError
-from .files import load_safetensors, load_torch_pickle, read_json, require_file
+from .files import load_safetensors, load_torch_pickle, new_file_mode, read_json, require_file
 
 PARTS = ("image_proj", "depth_guider", "referencenet", "image_encoder", "unet")
 FORMAT_NAME = "mimicbrush"
@@ -140,6 +140,7 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     partial = target.with_name(target.name + ".partial")
     try:
         save_file(flat, str(partial), metadata=metadata)
+        partial.chmod(new_file_mode())
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

@@ -15,6 +15,10 @@ def native_cpu_precision(dtype: torch.dtype) -> bool | None:
     return bool(probe()) if probe is not None else None
 
 
+NATIVE_FEATURES = {torch.bfloat16: ("bf16", "AVX512-BF16 or AMX"), torch.float16: ("fp16", "AVX512-FP16 or AMX-FP16")}
+"""Each half precision's name and the CPU features that compute it natively in oneDNN."""
+
+
 def slow_precision_warning(dtype: torch.dtype, device: torch.device | str) -> str | None:
     """The warning for a half precision chosen on a CPU that has no native support for it, or None.
 
@@ -23,6 +27,7 @@ def slow_precision_warning(dtype: torch.dtype, device: torch.device | str) -> st
     in fp32, and a 320->2560 linear layer 0.9 s against 0.15 s."""
     if torch.device(device).type != "cpu" or native_cpu_precision(dtype) is not False:
         return None
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    return (f"{name} on this CPU is emulated (it has no native {name}: AVX512-BF16, AVX512-FP16 or AMX), which "
-            f"makes an edit many times slower than fp32, not faster: choose fp32 (or auto) on this machine.")
+    name, features = NATIVE_FEATURES[dtype]
+    return (f"{name} on this CPU is emulated (native {name} needs {features}, which it lacks), which makes an edit "
+            f"many times slower than fp32, not faster: choose fp32 (or auto) on this machine.")
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import os
 import pickle
 import sys
 import weakref
@@ -165,6 +166,16 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ModelFileError(f"'{path}' does not hold a flat dict of tensors (a state dict).")
     return loaded
+
+
+def new_file_mode() -> int:
+    """The permissions a file created now gets by default (0o666 less the umask): writers that create
+    their file private (safetensors' ``save_file`` makes it 0o600) are given these, so that a model
+    written here is readable where the user's other files are (a ComfyUI run by another user, a
+    container)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def read_json(path: str | Path) -> dict:

@@ -69,7 +69,8 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "sourc
     Binarised at half range, like the demo's ``> 128`` on 8-bit masks. A mask of another size
     but the same aspect ratio as the source (the same mask at another resolution) is resized to
     it with nearest-neighbour sampling, with a warning; a mask of another aspect ratio belongs
-    to another image and is refused. An empty mask is an error: there would be nothing to edit.
+    to another image and is refused. An empty mask is an error: there would be nothing to edit; so
+    is a faint one, whose values never pass half range.
     Shapes ComfyUI produces are understood (``[H, W]``, ``[1, H, W]``, ``[H, W, 1]``,
     ``[1, H, W, 1]``); a uint8 mask is read as 0..255, float values outside 0..1 are refused.
     """
@@ -86,6 +87,12 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "sourc
     mask = mask.detach().to("cpu", torch.float32) / (255.0 if mask.dtype == torch.uint8 else 1.0)
     what = "mask" if of == "source" else f"{of} mask"
     _check_unit_range(mask, what)
+    strongest = float(mask.max()) if mask.numel() else 0.0
+    if 0.0 < strongest <= 0.5:
+        task = "regenerate" if of == "source" else "imitate"
+        raise InputError(f"The {what} is too faint: its strongest value is {strongest:.2f}, and only values above 0.5 "
+                         f"mark where to {task}. Paint it at full strength (or threshold it first: in ComfyUI, a "
+                         f"ThresholdMask below {strongest:.2f}).")
     if not (mask > 0.5).any() and of == "source":
         raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit; in "
                          "ComfyUI, paint it with the mask editor or connect a MASK from a segmenter).")

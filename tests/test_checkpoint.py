@@ -28,6 +28,25 @@ def test_bin_and_safetensors_hold_the_same_tensors(fixture_dir):
         assert _equal_state_dicts(from_bin.state_dicts[part], from_st.state_dicts[part]), part
 
 
+def test_a_converted_checkpoint_is_readable_as_the_user_s_other_new_files(tmp_path):
+    """safetensors writes its file 0o600; the conversion gives it the umask's mode, so a ComfyUI run by
+    another user (a container, a shared server) can read it."""
+    import os
+
+    from mimic_core.demo import demo_model_files
+
+    previous = os.umask(0o022)
+    try:
+        shared = convert_checkpoint(demo_model_files().checkpoint, tmp_path / "shared.safetensors")
+        os.umask(0o077)
+        private = convert_checkpoint(demo_model_files().checkpoint, tmp_path / "private.safetensors")
+    finally:
+        os.umask(previous)
+    assert shared.stat().st_mode & 0o777 == 0o644
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert read_checkpoint(shared).state_dicts.keys() == set(PARTS)
+
+
 def test_conversion_is_self_describing_and_round_trips(fixture_dir, tmp_path):
     target = convert_checkpoint(fixture_dir / "mimicbrush_tiny.bin", tmp_path / "tiny.safetensors", fixture_dir)
     with safe_open(str(target), "pt") as handle:

@@ -105,3 +105,17 @@ def test_a_half_precision_the_cpu_only_emulates_is_warned_about_and_fp32_never(m
     resolve_device_dtype("cpu", "auto")
     assert caplog.text == ""
     assert cpu_precision.slow_precision_warning(torch.bfloat16, "cuda") is None
+
+
+def test_the_warning_names_the_cpu_features_of_the_precision_chosen(monkeypatch):
+    """fp16 on a CPU with AVX512-BF16 only is emulated: the warning names what fp16 needs, not bf16's features."""
+    import torch
+
+    from mimic_core import cpu_precision
+
+    monkeypatch.setattr(cpu_precision, "native_cpu_precision", lambda dtype: dtype != torch.float16)
+    fp16 = cpu_precision.slow_precision_warning(torch.float16, "cpu")
+    assert "native fp16 needs AVX512-FP16 or AMX-FP16" in fp16 and "BF16" not in fp16
+    assert cpu_precision.slow_precision_warning(torch.bfloat16, "cpu") is None
+    monkeypatch.setattr(cpu_precision, "native_cpu_precision", lambda dtype: dtype == torch.float32)
+    assert "native bf16 needs AVX512-BF16 or AMX," in cpu_precision.slow_precision_warning(torch.bfloat16, "cpu")
