@@ -114,8 +114,6 @@ class StepProgress:
 
     def __call__(self, step: int, total: int, latents: torch.Tensor) -> None:
         self.done += 1
-        if self.done > self.bar.total:  # more masked regions than planned: extend by this region's steps
-            self.bar.total = self.done + total - step
         preview = self.previewer.decode_latent_to_preview_image("JPEG", latents.float())
         self.bar.update_absolute(self.done, preview=preview)
 

@@ -75,8 +75,13 @@ class MimicBrushStitch:
 
     def stitch(self, crop, image):
         from ..mimic_core.crop import stitch
+        from ..mimic_core.errors import InputError
         from ..mimic_core.preprocess import image_to_uint8, uint8_to_image
 
+        height, width = image.shape[1:3]
+        if height != width:
+            raise InputError(f"The image to stitch back is {width}x{height}, not square: connect the edit of this "
+                             "crop (the MimicBrush Sampler's image, made from the crop node's square image).")
         results = []
         for index in range(max(image.shape[0], len(crop.boxes))):
             item = index % len(crop.boxes)

@@ -55,8 +55,9 @@ class MimicBrushEncodeReference:
         if reference_mask is not None:
             stacked = reference_mask if reference_mask.ndim == 3 else reference_mask.unsqueeze(0)
             if stacked.shape[0] not in (1, len(images)):
-                raise InputError(f"{stacked.shape[0]} reference masks for {len(images)} reference images: give one "
-                                 "mask per image, or a single mask for all.")
+                raise InputError(f"{stacked.shape[0]} reference masks for {len(images)} reference "
+                                 f"image{'s' if len(images) != 1 else ''}: give one mask per image, or a single mask "
+                                 "for all.")
             # once per mask, at the batch's one size: a resize warns once, and the engine gets them ready
             binary = [torch.from_numpy(mask_to_binary(mask, *image.shape[1:3], of="reference")).float()
                       for mask in stacked]

@@ -52,9 +52,11 @@ def files(tmp_path) -> dict[str, str]:
         width, height = mask.size
     Image.new("L", (width, height)).save(folder / "empty_mask.png")
     Image.new("L", (width * 2, height), 255).save(folder / "wide_mask.png")
+    with Image.open(EXAMPLES_DIR / "mask.png") as mask:
+        mask.convert("L").point(lambda value: 100 if value > 128 else 0).save(folder / "faint_mask.png")
     return {"folder": str(folder), "source": str(EXAMPLES_DIR / "source.png"), "existing": str(folder / "existing.png"),
             "text_file": str(folder / "notes.txt"), "empty_mask": str(folder / "empty_mask.png"),
-            "wide_mask": str(folder / "wide_mask.png")}
+            "wide_mask": str(folder / "wide_mask.png"), "faint_mask": str(folder / "faint_mask.png")}
 
 
 def edit_arguments(files: dict[str, str], change: dict) -> list[str]:
@@ -151,6 +153,7 @@ def prepared(name: str, inputs: dict) -> torch.Tensor:
         "0..255 float mask": (mask > 0.5).float() * 255,
         "two masks": torch.cat([mask, mask]),
         "empty mask": torch.zeros_like(mask),
+        "faint mask": (mask > 0.5).float() * 0.5,
         "NaN depth map": torch.full((1, 1, 8, 8), torch.nan),
     }[name]
 

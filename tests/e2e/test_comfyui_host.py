@@ -159,6 +159,50 @@ def test_the_encoder_takes_a_reference_mask_and_a_batch_as_one_reference(comfy_h
     assert entry["status"]["status_str"] == "success", error_message(entry)
 
 
+def test_more_references_than_sources_make_one_edit_each(comfy_host):
+    """A batch of two references encoded one per image, on one source: the sampler cycles the source to
+    the longest input, as it does masks, and every reference is used."""
+    prompt = _base_prompt()
+    prompt["30"] = {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["3", 0]}}
+    prompt["5"]["inputs"]["image"] = ["30", 0]
+    prompt["6"]["inputs"]["seed"] = 107
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert len(entry["outputs"]["7"]["images"]) == 2
+
+
+def test_cropping_each_region_counts_every_region_s_steps_from_the_start(comfy_host, uploads, tmp_path):
+    """Two masked islands, each edited in a crop of its own: the progress bar's total is both regions'
+    steps from its first update, so it never reaches its end before the last step."""
+    source, _ = _source_and_mask("mimicbrush_source.png")
+    height, width = source.shape[:2]
+    islands = np.zeros((height, width), np.uint8)
+    islands[8:40, 8:40] = 255
+    islands[-40:-8, -40:-8] = 255
+    prompt = _base_prompt()
+    prompt["20"] = {"class_type": "LoadImageMask", "inputs": {
+        "image": _upload(comfy_host, uploads, tmp_path, "two_islands.png", Image.fromarray(islands, "L")),
+        "channel": "red"}}
+    prompt["6"]["inputs"].update(mask=["20", 0], region="crop each region", seed=108)
+    steps = prompt["6"]["inputs"]["steps"]
+    events = asyncio.run(_follow(comfy_host, prompt))
+    assert events[-1] == "executing done", events[-10:]
+    progress = [event for event in events if event.startswith("progress")]
+    assert progress == [f"progress {step}/{2 * steps}" for step in range(1, 2 * steps + 1)], progress
+
+
+def test_stitching_an_image_that_is_not_square_is_an_execution_error(comfy_host):
+    """The stitch node takes the edit of its crop, a square: another picture connected by mistake
+    (here the full-size source) is refused instead of squeezed into the crop's box."""
+    prompt = for_tiny_host(json.loads((REPO / "workflows" / "api" / "mimicbrush_large_image.json").read_text()))
+    prompt["14"]["inputs"]["image"] = ["3", 0]
+    del prompt["6"]
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "error"
+    assert "not square" in error_message(entry) and "InputError" in error_message(entry), error_message(entry)
+    _assert_next_prompt_succeeds(comfy_host, 109)
+
+
 def test_a_quality_preset_runs_its_own_steps_in_place_of_the_widgets(comfy_host):
     """The sampler's quality choice on the real host: the progress bar counts the fast preset's
     steps, not the steps widget's."""
