@@ -20,7 +20,7 @@ from .command_options import (CONFIG_DIR_ENV, add_model_options, region_options,
 from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
-from .image_files import read_image, read_mask
+from .image_files import read_image, read_mask, read_transparency_mask
 from .model_files import find_model_files
 from .models import load_models
 from .output_images import check_output_path, write_images
@@ -54,12 +54,14 @@ def _edit(args: argparse.Namespace) -> int:
     if reference_masks and len(reference_masks) != len(args.reference):
         raise InputError(f"{len(reference_masks)} --reference-mask for {len(args.reference)} --reference: give one "
                          "reference mask per reference, in the same order, or none.")
-    inputs = [Path(p) for p in (args.source, args.mask, *args.reference, *reference_masks)]
+    painted_in = args.mask is None or Path(args.mask).resolve() == Path(args.source).resolve()
+    inputs = [Path(p) for p in (args.source, *([] if painted_in else [args.mask]), *args.reference, *reference_masks)]
     image_format = [check_output_path(path, inputs, args.overwrite) for path in outputs][0]
     source = read_image(args.source, "RGB")
     references = [read_image(path, "RGB") for path in args.reference]
     # every mask at its image's size, checked (and resized, with its one warning) before loading gigabytes
-    mask = torch.from_numpy(mask_to_binary(read_mask(args.mask), *source.shape[1:3])).float()
+    drawn = read_transparency_mask(args.source) if painted_in else read_mask(args.mask)
+    mask = torch.from_numpy(mask_to_binary(drawn, *source.shape[1:3])).float()
     masks = [torch.from_numpy(mask_to_binary(read_mask(path), *reference.shape[1:3], of="reference")).float()
              for path, reference in zip(reference_masks, references)] or None
     if demo:
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = commands.add_parser("edit", help="regenerate the masked region of a source image from a reference")
     edit.add_argument("--source", required=True, help="the image to edit")
-    edit.add_argument("--mask", required=True, help="grey mask of the source; white = region to regenerate")
+    edit.add_argument("--mask", help="grey mask of the source; white = region to regenerate. Left out (or naming the "
+                                     "source itself): the source's transparent part, as ComfyUI's mask editor saves it")
     edit.add_argument("--reference", required=True, action="append",
                       help="the image whose matching part is imitated; give it more than once for several images "
                            "of one reference (two views of an object): the edit imitates them together")

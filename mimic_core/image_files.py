@@ -93,6 +93,16 @@ def read_mask(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask if alpha is None else mask * alpha))[None]
 
 
+def read_transparency_mask(path: str | Path) -> torch.Tensor:
+    """The mask painted into a picture as ComfyUI's mask editor saves it, ``[1, H, W]`` float in 0..1:
+    1 - alpha, the transparent part being the region to edit (ComfyUI's Load Image reads it so)."""
+    alpha = read_alpha(path)
+    if alpha is None or alpha.min() >= 1.0:
+        raise InputError(f"'{path}' has no transparent part to read a mask from: give --mask (a grey picture, white "
+                         "= edit), or paint the region in ComfyUI's mask editor, which saves it transparent.")
+    return torch.from_numpy(np.ascontiguousarray(1.0 - alpha))[None]
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file as it is shown (EXIF orientation applied), from its header alone."""
     try:

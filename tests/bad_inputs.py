@@ -72,6 +72,8 @@ CASES = [
     BadInput(CLI, "--mask all black", "The mask is empty: paint the region", {"--mask": "{empty_mask}"}),
     BadInput(CLI, "--mask painted faintly (grey 100 of 255 at most)", "The mask is too faint: its strongest value is 0.39",
              {"--mask": "{faint_mask}"}),
+    BadInput(CLI, "--mask left out, and the source has no transparent part to read one from",
+             "has no transparent part to read a mask from: give --mask", {"--mask": None}),
     BadInput(CLI, "--mask drawn on an image of another shape", "another aspect ratio",
              {"--mask": "{wide_mask}"}),
     BadInput(CLI, "--reference-strength 3", "--reference-strength must be a finite number from 0 to 2",

@@ -63,7 +63,11 @@ def edit_arguments(files: dict[str, str], change: dict) -> list[str]:
     options = {"--source": files["source"], "--mask": str(EXAMPLES_DIR / "mask.png"),
                "--reference": str(EXAMPLES_DIR / "reference.png"), "--out": files["folder"] + "/edited.png",
                "--steps": str(STEPS)}
-    options.update({option: value.format(**files) for option, value in change.items()})
+    for option, value in change.items():
+        if value is None:
+            del options[option]
+        else:
+            options[option] = value.format(**files)
     return ["edit", *(part for option, value in options.items() for part in (option, value))]
 
 

@@ -91,6 +91,34 @@ def test_edit_without_model_options_runs_the_demo_model_and_says_so(tmp_path):
         assert edited.size == source.size
 
 
+def test_a_mask_painted_into_the_source_is_read_as_comfyui_reads_it(tmp_path):
+    """A source with its mask painted in (the region to edit transparent, as ComfyUI's mask editor saves
+    it), given with --mask left out or naming the source itself, makes the edit a grey mask of the
+    same region makes, to the byte."""
+    import numpy as np
+
+    from mimic_core.cli import main
+
+    examples = REPO / "mimic_core" / "demo" / "examples"
+    with Image.open(examples / "source.png") as source, Image.open(examples / "mask.png") as mask:
+        painted = source.convert("RGBA")
+        painted.putalpha(Image.fromarray(255 - np.asarray(mask.convert("L"))))
+    painted.save(tmp_path / "painted.png")
+    common = ["--reference", str(examples / "reference.png"), "--steps", "2", "--seed", "3"]
+    runs = {"grey mask": ["--source", str(examples / "source.png"), "--mask", str(examples / "mask.png")],
+            "left out": ["--source", str(tmp_path / "painted.png")],
+            "the source": ["--source", str(tmp_path / "painted.png"), "--mask", str(tmp_path / "painted.png")]}
+    edited = {}
+    for name, arguments in runs.items():
+        out = tmp_path / f"{name}.png"
+        assert main(["edit", *arguments, *common, "--out", str(out)]) == 0
+        with Image.open(out) as image:
+            edited[name] = np.asarray(image.convert("RGB"))
+    assert (edited["grey mask"] != np.asarray(Image.open(examples / "source.png").convert("RGB"))).any()
+    assert np.array_equal(edited["left out"], edited["grey mask"])
+    assert np.array_equal(edited["the source"], edited["grey mask"])
+
+
 def test_a_half_precision_the_cpu_only_emulates_is_warned_about_and_fp32_never(monkeypatch, caplog):
     import torch
 
