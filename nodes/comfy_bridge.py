@@ -103,14 +103,18 @@ class StepProgress:
     """A progress bar over every denoising step of a node run, with a small preview image.
 
     Each update is also ComfyUI's interrupt point: a cancel raises there, between two steps.
-    Previews follow ComfyUI's preview setting, falling back to the cheap latent-to-RGB preview.
+    Previews follow ComfyUI's preview setting, falling back to the cheap latent-to-RGB preview; a model
+    whose VAE is not SD's (the demo's) previews with its own latent-to-RGB matrix.
     """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, latent_rgb_factors: list[list[float]] | None = None):
         self.bar = comfy.utils.ProgressBar(total)
         self.done = 0
-        self.previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15()) or \
-            latent_preview.Latent2RGBPreviewer(comfy.latent_formats.SD15().latent_rgb_factors)
+        if latent_rgb_factors is not None:  # a VAE other than SD's: its own colours, in the cheap preview
+            self.previewer = latent_preview.Latent2RGBPreviewer(latent_rgb_factors)
+        else:
+            self.previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15()) or \
+                latent_preview.Latent2RGBPreviewer(comfy.latent_formats.SD15().latent_rgb_factors)
 
     def __call__(self, step: int, total: int, latents: torch.Tensor) -> None:
         self.done += 1

@@ -17,10 +17,12 @@ CROP_TYPE = "MIMICBRUSH_CROP"
 
 @dataclass
 class MimicBrushModel:
-    """MIMICBRUSH_MODEL: the loaded networks, their ComfyUI model patcher, and the pipeline."""
+    """MIMICBRUSH_MODEL: the loaded networks, their ComfyUI model patcher, and the pipeline; and the
+    step previews' latent-to-RGB matrix where the VAE is not SD's (None: ComfyUI's SD 1.5 one)."""
 
     pipeline: object
     patcher: object
+    latent_rgb_factors: list[list[float]] | None = None
 
     def ready(self):
         """The pipeline, with its networks on ComfyUI's compute device."""

@@ -59,7 +59,23 @@ class MimicBrushLoader:
         models = load_models(checkpoint_path, vae_path, dtype=dtype, device=mm.unet_offload_device())
         blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
         patcher = make_patcher(models.modules(), dtype)
-        return (MimicBrushModel(MimicBrushPipeline(models, blank_depth=blank_depth), patcher),)
+        pipeline = MimicBrushPipeline(models, blank_depth=blank_depth)
+        return (MimicBrushModel(pipeline, patcher, _preview_colours(checkpoint, pipeline)),)
+
+
+def _preview_colours(checkpoint: str, pipeline) -> list[list[float]] | None:
+    """The demo VAE's own latent-to-RGB matrix for the step previews, fitted on the demo's example
+    pictures (a few milliseconds on its tiny VAE); None for a real checkpoint, whose SD VAE ComfyUI's
+    previews already know."""
+    if checkpoint != DEMO_CHOICE:
+        return None
+    from ..mimic_core.demo import demo_example
+    from ..mimic_core.image_files import read_rgb_uint8
+    from ..mimic_core.latent_colours import fit_latent_rgb_factors
+
+    example = demo_example()
+    pictures = [read_rgb_uint8(example.source), read_rgb_uint8(example.reference)]
+    return fit_latent_rgb_factors(pipeline.models.vae, pictures, pipeline.scaling_factor)
 
 
 def _checkpoint_and_vae(checkpoint: str, vae: str) -> tuple[str, str]:

@@ -154,7 +154,7 @@ class MimicBrushSampler:
 
         StepProgress.check_cancel()
         pipeline = mimicbrush.ready()
-        progress = StepProgress(sum(squares) * sampling.steps)
+        progress = StepProgress(sum(squares) * sampling.steps, mimicbrush.latent_rgb_factors)
         images, latents = [], []
         for index in range(count):
             result = pipeline.edit(

@@ -217,3 +217,29 @@ def test_strength_and_denoise_move_the_error_monotonically(option_errors):
     denoises = [option_errors[f"denoise {d:g}"] for d in (0.25, 0.5, 0.75)] + [option_errors["strength 1"]]
     assert strengths == sorted(strengths, reverse=True), strengths
     assert denoises == sorted(denoises), denoises
+
+
+def test_the_demo_s_preview_colours_fit_its_own_vae_on_a_picture_they_were_not_fitted_on(pipeline):
+    """The step previews' latent-to-RGB matrix, fitted on the demo's two example pictures, maps the
+    latents of a third (the shape in another view) to its colours at latent resolution: far closer
+    than the picture's mean colour does, which SD 1.5's matrix does not beat on this VAE."""
+    import torch.nn.functional as F
+
+    from mimic_core.image_files import read_rgb_uint8
+    from mimic_core.latent_colours import fit_latent_rgb_factors
+    from mimic_core.preprocess import to_model_range
+    from tests.support import REPO
+
+    example = demo_example()
+    factors = torch.tensor(fit_latent_rgb_factors(
+        pipeline.models.vae, [read_rgb_uint8(example.source), read_rgb_uint8(example.reference)],
+        pipeline.scaling_factor))
+    assert factors.shape == (pipeline.models.vae.config.latent_channels, 3)
+    pixels = to_model_range(read_rgb_uint8(REPO / "workflows" / "inputs" / "mimicbrush_demo_reference_other_view.png"))
+    with torch.inference_mode():
+        latents = pipeline.models.vae.encode(pixels).latent_dist.mean * pipeline.scaling_factor
+    colours = F.interpolate(pixels, size=latents.shape[-2:], mode="area")
+    previewed = (latents.movedim(1, -1) @ factors).movedim(-1, 1)
+    error = (previewed - colours).abs().mean().item()
+    mean_colour_error = (colours - colours.mean((2, 3), keepdim=True)).abs().mean().item()
+    assert error < 0.15 and error < mean_colour_error / 2, (error, mean_colour_error)
