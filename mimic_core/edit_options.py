@@ -104,7 +104,8 @@ class SamplingOptions:
     guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     num_samples: int = 1
-    working_size: int = 512
+    working_size: int | None = None
+    """The side of the square the model works at; None: the pipeline's (512 for the released model)."""
     sampler: str = "ddim"
     reference_every: int = 1
     guided_fraction: float = 1.0
@@ -128,7 +129,8 @@ class SamplingOptions:
             raise OptionError("seed", f"must be a whole number from 0 to {MAX_SEED} (ComfyUI's seed range), "
                                       f"got {self.seed!r}.")
         check_whole("num_samples", self.num_samples, 1)
-        if isinstance(self.working_size, bool) or self.working_size not in WORKING_SIZES:
+        if self.working_size is not None and (isinstance(self.working_size, bool)
+                                              or self.working_size not in WORKING_SIZES):
             raise OptionError("working_size", f"must be a multiple of 64 from {WORKING_SIZES[0]} to "
                                               f"{WORKING_SIZES[-1]}, got {self.working_size!r}.")
         check_sampler(self.sampler)

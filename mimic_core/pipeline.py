@@ -282,18 +282,20 @@ class MimicBrushPipeline:
 
     def edit_options(self, sampling: SamplingOptions | None = None, regions: RegionOptions | None = None,
                      **settings) -> tuple[SamplingOptions, RegionOptions]:
-        """The options of one edit, checked: ``sampling`` and ``regions`` as given (their defaults, at
-        this pipeline's working size, where not), with any single setting named in ``settings``
-        (a field of either, e.g. ``steps=25``) put in its place."""
+        """The options of one edit, checked: ``sampling`` and ``regions`` as given (their defaults where
+        not), with any single setting named in ``settings`` (a field of either, e.g. ``steps=25``) put
+        in its place, and this pipeline's working size where none is given."""
         sampling_names = {option.name for option in fields(SamplingOptions)}
         region_names = {option.name for option in fields(RegionOptions)}
         unknown = sorted(set(settings) - sampling_names - region_names)
         if unknown:
             raise TypeError(f"edit() got unknown settings {unknown}; the settings are {sorted(sampling_names)} "
                             f"and {sorted(region_names)}.")
-        sampling = sampling or SamplingOptions(working_size=self.working_size)
+        sampling = sampling or SamplingOptions()
         regions = regions or RegionOptions()
         sampling = replace(sampling, **{k: v for k, v in settings.items() if k in sampling_names})
+        if sampling.working_size is None:
+            sampling = replace(sampling, working_size=self.working_size)
         regions = replace(regions, **{k: v for k, v in settings.items() if k in region_names})
         return sampling, regions
 

@@ -243,3 +243,19 @@ def test_the_demo_s_preview_colours_fit_its_own_vae_on_a_picture_they_were_not_f
     error = (previewed - colours).abs().mean().item()
     mean_colour_error = (colours - colours.mean((2, 3), keepdim=True)).abs().mean().item()
     assert error < 0.15 and error < mean_colour_error / 2, (error, mean_colour_error)
+
+
+def test_sampling_options_without_a_working_size_take_the_pipeline_s(pipeline):
+    """The README's ``sampling=SamplingOptions(...)`` on the demo pipeline works at the demo's size (it
+    ran at 512, where the demo model never trained); a working size given in the options wins."""
+    from mimic_core.edit_options import SamplingOptions
+    from mimic_core.image_files import read_image, read_mask
+
+    example = demo_example()
+    source, mask = read_image(example.source, "RGB"), read_mask(example.mask)
+    reference = read_image(example.reference, "RGB")
+    for sampling, side in ((SamplingOptions(steps=1), DEMO_WORKING_SIZE),
+                           (SamplingOptions.with_quality("fast"), DEMO_WORKING_SIZE),
+                           (SamplingOptions(steps=1, working_size=64), 64)):
+        result = pipeline.edit(source, mask, reference, sampling=sampling)
+        assert result.latents.shape[-1] == side // 8, (sampling, result.latents.shape)

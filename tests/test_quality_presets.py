@@ -49,7 +49,7 @@ def test_the_description_names_the_solver_and_the_steps():
 @pytest.mark.parametrize("quality", list(QUALITY_PRESETS))
 def test_the_command_line_applies_the_preset(quality):
     options = sampling_options(_edit_args("--quality", quality, "--seed", "7"), 25, 5.0, 512)
-    assert options == dataclasses.replace(SamplingOptions.with_quality(quality), seed=7)
+    assert options == dataclasses.replace(SamplingOptions.with_quality(quality), seed=7, working_size=512)
 
 
 def test_on_the_command_line_an_option_given_beside_the_preset_wins_and_the_rest_are_the_preset_s():
