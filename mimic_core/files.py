@@ -22,9 +22,29 @@ from .errors import ModelFileError
 def require_file(path: str | Path, what: str, fix: str) -> Path:
     """Return ``path`` as a Path if it is a readable file; else raise naming ``what`` and ``fix``."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{what} should be a file, but '{path}' is a folder: give the file in it. {fix}")
     if not path.is_file():
         raise ModelFileError(f"{what} not found at '{path}'. {fix}")
     return path
+
+
+def text_in_place_of_model(path: Path) -> ModelFileError | None:
+    """The error for a model file that is really text, the usual failed download: a Git LFS pointer
+    (what a clone without LFS holds in place of each large file) or a web page saved under the
+    model's name; None for anything else. Reads the first kilobyte only."""
+    with open(path, "rb") as handle:
+        head = handle.read(1024)
+    if head.startswith(b"version https://git-lfs"):
+        return ModelFileError(f"'{path}' is a Git LFS pointer ({path.stat().st_size} bytes of text that stand for the "
+                              "real file), not the model: fetch the file itself ('git lfs pull' in the clone, or "
+                              "download it from the model's page).")
+    if not head or any(byte < 9 or 13 < byte < 32 for byte in head):  # control bytes: a binary file
+        return None
+    if b"<html" in head.lower() or b"<!doctype" in head.lower():
+        return ModelFileError(f"'{path}' is a web page (an error or sign-in page saved in place of the download?), "
+                              "not a model file: download it again.")
+    return ModelFileError(f"'{path}' is a text file, not a model file: download it again.")
 
 
 def load_torch_pickle(path: str | Path) -> object:
@@ -35,15 +55,18 @@ def load_torch_pickle(path: str | Path) -> object:
     """
     path = Path(path)
     try:
+        text = text_in_place_of_model(path)
+        if text is not None:
+            raise text
         mmap = zipfile.is_zipfile(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise ModelFileError(
             f"'{path}' holds pickled objects other than tensors and plain containers, so it was "
             "refused without running any of it. Use the original file from the model's download "
-            f"page, or a .safetensors conversion of it. (torch said: {str(err).splitlines()[0]})"
+            "page, or a .safetensors conversion of it."
         ) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ModelFileError(
             f"'{path}' could not be read as a torch checkpoint ({str(err).splitlines()[0]}). "
             "The file is probably truncated or corrupt: download it again."
@@ -83,6 +106,9 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     """
     path = Path(path)
     try:
+        text = text_in_place_of_model(path)
+        if text is not None:
+            raise text
         size = path.stat().st_size
         with open(path, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")

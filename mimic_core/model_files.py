@@ -14,7 +14,8 @@ from .errors import ModelFileError
 CHECKPOINT_CANDIDATES = ("mimicbrush/mimicbrush.safetensors", "mimicbrush/mimicbrush.bin",
                          "mimicbrush.safetensors", "mimicbrush.bin")
 VAE_CANDIDATES = ("sd-vae-ft-mse", "vae")
-DEPTH_CANDIDATES = ("depth_model/depth_anything_vitb14.pth", "depth_anything_vitb14.pth")
+DEPTH_CANDIDATES = ("depth_model/depth_anything_vitb14.pth", "depth_anything_vitb14.pth", "depth_model/config.json")
+"""The authors' ``.pth``, or a transformers-format Depth Anything folder (found by its ``config.json``)."""
 
 WHERE_TO_DOWNLOAD = {
     "checkpoint": "mimicbrush/mimicbrush.bin (9.4 GB) from the Hugging Face repository xichenhku/MimicBrush "
@@ -42,7 +43,8 @@ def _find(models_dir: Path | None, candidates: tuple[str, ...], explicit: str | 
                              f"Pass --models DIR holding {candidates[0]} ({WHERE_TO_DOWNLOAD[what]}).")
     for candidate in candidates:
         if (models_dir / candidate).exists():
-            return models_dir / candidate
+            found = models_dir / candidate
+            return found.parent if found.name == "config.json" else found
     raise ModelFileError(
         f"The {what} was not found in '{models_dir}': expected {' or '.join(candidates)}. "
         f"Download {WHERE_TO_DOWNLOAD[what]} and put it there."
@@ -52,6 +54,9 @@ def _find(models_dir: Path | None, candidates: tuple[str, ...], explicit: str | 
 def find_model_files(models_dir: str | Path | None, *, checkpoint=None, vae=None, depth_model=None) -> ModelFiles:
     """Resolve the three model files, explicit paths first, then the authors' layout in ``models_dir``."""
     root = Path(models_dir) if models_dir is not None else None
+    if root is not None and root.exists() and not root.is_dir():
+        raise ModelFileError(f"The models folder '{root}' is a file, not a folder: give the folder that holds the "
+                             "model files (mimicbrush/, sd-vae-ft-mse/, depth_model/).")
     if root is not None and not root.is_dir():
         raise ModelFileError(f"The models folder '{root}' does not exist.")
     return ModelFiles(

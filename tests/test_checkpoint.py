@@ -113,6 +113,33 @@ def test_a_missing_part_is_named(fixture_dir, tmp_path, part):
         read_checkpoint(tmp_path / "partial.safetensors")
 
 
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:"
+               "4d7a5c1e0e6f2b9a8c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b\nsize 9400000000\n")
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors", ".pth"])
+@pytest.mark.parametrize("content, answer", [
+    (LFS_POINTER, "is a Git LFS pointer .* fetch the file itself"),
+    ("<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Sign in</body></html>\n",
+     "is a web page .* download it again"),
+    ("hello\n", "is a text file, not a model file: download it again"),
+])
+def test_text_saved_in_place_of_a_model_is_named_for_what_it_is(tmp_path, suffix, content, answer):
+    """The usual failed download (an LFS pointer from a clone without LFS, an error page): one message
+    that says what the file is, not a pickle refusal or a torch traceback (a text .bin gave KeyError)."""
+    from mimic_core.files import load_state_dict_file
+
+    path = tmp_path / f"mimicbrush{suffix}"
+    path.write_text(content)
+    with pytest.raises(ModelFileError, match=answer):
+        read_checkpoint(path) if suffix != ".pth" else load_state_dict_file(path)
+
+
+def test_a_folder_given_as_the_checkpoint_is_named_a_folder(tmp_path):
+    with pytest.raises(ModelFileError, match="should be a file, but .* is a folder: give the file in it"):
+        read_checkpoint(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["mimicbrush_tiny.bin", "mimicbrush_tiny.safetensors"])
 def test_a_truncated_file_is_reported_as_damaged(fixture_dir, tmp_path, name):
     data = (fixture_dir / name).read_bytes()
