@@ -7,6 +7,7 @@ dependencies only when the command runs, so ``edit`` works with just the runtime
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ import torch
 from .checkpoint import convert_checkpoint
 from .command_options import (CONFIG_DIR_ENV, add_model_options, region_options, resolve_device_dtype,
                               sampling_options)
+from .crop import region_masks
 from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
@@ -61,7 +63,12 @@ def _edit(args: argparse.Namespace) -> int:
     references = [read_image(path, "RGB") for path in args.reference]
     # every mask at its image's size, checked (and resized, with its one warning) before loading gigabytes
     drawn = read_transparency_mask(args.source) if painted_in else read_mask(args.mask)
-    mask = torch.from_numpy(mask_to_binary(drawn, *source.shape[1:3])).float()
+    try:
+        mask = torch.from_numpy(mask_to_binary(drawn, *source.shape[1:3])).float()
+    except InputError as err:
+        if not painted_in:
+            raise
+        raise InputError(f"No --mask was given, so the mask is the source's transparent part. {err}") from None
     masks = [torch.from_numpy(mask_to_binary(read_mask(path), *reference.shape[1:3], of="reference")).float()
              for path, reference in zip(reference_masks, references)] or None
     if demo:
@@ -74,9 +81,12 @@ def _edit(args: argparse.Namespace) -> int:
                          dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, release_encoders=True)
     reference = pipeline.encode_reference(references, masks)
+    # one count over every region's steps (crop_each edits each masked island in a square of its own)
+    squares = len(region_masks(mask.numpy())) if regions.region == "crop_each" else 1
+    done = itertools.count(1)
     result = pipeline.edit(
         source, mask, reference, keep_shape=args.keep_shape, sampling=sampling, regions=regions,
-        callback=lambda step, total, _: logger.info("step %d/%d", step, total),
+        callback=lambda step, total, _: logger.info("step %d/%d", next(done), squares * total),
     )
     write_images([image_to_uint8(image) for image in result.images], outputs, image_format)
     for path in outputs:

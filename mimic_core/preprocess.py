@@ -88,11 +88,14 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "sourc
     what = "mask" if of == "source" else f"{of} mask"
     _check_unit_range(mask, what)
     strongest = float(mask.max()) if mask.numel() else 0.0
+    if 0.0 < strongest <= 1.5 / 255:
+        raise InputError(f"The {what} holds only 0 and 1 (of 255): a label mask? White (255, or 1.0 as floats) marks "
+                         f"the region; scale it to 0 and 255 (multiply by 255).")
     if 0.0 < strongest <= 0.5:
         task = "regenerate" if of == "source" else "imitate"
-        raise InputError(f"The {what} is too faint: its strongest value is {strongest:.2f}, and only values above 0.5 "
+        raise InputError(f"The {what} is too faint: its strongest value is {strongest:.3g}, and only values above 0.5 "
                          f"mark where to {task}. Paint it at full strength (or threshold it first: in ComfyUI, a "
-                         f"ThresholdMask below {strongest:.2f}).")
+                         f"ThresholdMask below {strongest:.3g}).")
     if not (mask > 0.5).any() and of == "source":
         raise InputError("The mask is empty: paint the region of the source to regenerate (white = edit; in "
                          "ComfyUI, paint it with the mask editor or connect a MASK from a segmenter).")

@@ -158,6 +158,7 @@ def prepared(name: str, inputs: dict) -> torch.Tensor:
         "two masks": torch.cat([mask, mask]),
         "empty mask": torch.zeros_like(mask),
         "faint mask": (mask > 0.5).float() * 0.5,
+        "label mask": (mask > 0.5).to(torch.uint8),
         "NaN depth map": torch.full((1, 1, 8, 8), torch.nan),
     }[name]
 

@@ -119,6 +119,40 @@ def test_a_mask_painted_into_the_source_is_read_as_comfyui_reads_it(tmp_path):
     assert np.array_equal(edited["the source"], edited["grey mask"])
 
 
+def test_crop_each_region_counts_its_steps_over_every_region(tmp_path, caplog):
+    """Two masked islands at 2 steps: the log counts 1/4 to 4/4 once, not 1/2, 2/2 per island."""
+    import logging
+
+    import numpy as np
+
+    from mimic_core.cli import main
+
+    examples = REPO / "mimic_core" / "demo" / "examples"
+    islands = np.zeros((256, 256), np.uint8)
+    islands[10:40, 10:40] = islands[200:230, 200:230] = 255
+    Image.fromarray(islands).save(tmp_path / "islands.png")
+    caplog.set_level(logging.INFO, logger="mimic_core")
+    assert main(["edit", "--source", str(examples / "source.png"), "--mask", str(tmp_path / "islands.png"),
+                 "--reference", str(examples / "reference.png"), "--region", "crop_each", "--steps", "2",
+                 "--out", str(tmp_path / "out.png")]) == 0
+    assert [record.getMessage() for record in caplog.records if record.getMessage().startswith("step ")] == \
+        ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+
+
+def test_a_faint_transparent_part_is_named_as_the_mask_read_from_the_source(tmp_path, capsys):
+    from mimic_core.cli import main
+
+    examples = REPO / "mimic_core" / "demo" / "examples"
+    with Image.open(examples / "source.png") as source:
+        barely = source.convert("RGBA")
+    barely.putpixel((5, 5), (0, 0, 0, 254))
+    barely.save(tmp_path / "barely.png")
+    assert main(["edit", "--source", str(tmp_path / "barely.png"), "--reference", str(examples / "reference.png"),
+                 "--out", str(tmp_path / "out.png")]) == 2
+    assert "No --mask was given, so the mask is the source's transparent part. The mask holds only 0 and 1" in \
+        capsys.readouterr().err
+
+
 def test_a_half_precision_the_cpu_only_emulates_is_warned_about_and_fp32_never(monkeypatch, caplog):
     import torch
 
