@@ -53,6 +53,8 @@ def read_checkpoint(path: str | Path, config_dir: str | Path | None = None) -> M
     from the file's metadata, else from the released architecture.
     """
     path = require_file(path, "The MimicBrush checkpoint", DOWNLOAD_HINT)
+    if config_dir is not None:
+        check_config_dir(config_dir)
     if path.suffix == ".safetensors":
         state_dicts, stored = _read_flat_safetensors(path)
     else:
@@ -65,6 +67,20 @@ def read_checkpoint(path: str | Path, config_dir: str | Path | None = None) -> M
         else:
             configs[part] = stored.get(part) or default_config(part)
     return MimicBrushCheckpoint(state_dicts, configs, path)
+
+
+def check_config_dir(config_dir: str | Path) -> None:
+    """Refuse a config folder that is not one, or that holds no ``<part>_config.json``: a mistyped
+    folder would otherwise be passed over for the released architecture, and the weights then fail
+    to fit it with advice to give the folder that was given."""
+    folder = Path(config_dir)
+    if not folder.is_dir():
+        raise ModelFileError(f"The config folder '{folder}' is not a folder: give the folder that holds the "
+                             "<part>_config.json files of a non-released architecture, or leave it out for the "
+                             "released one.")
+    if not any(folder.glob("*_config.json")):
+        raise ModelFileError(f"The config folder '{folder}' holds no <part>_config.json file (e.g. unet_config.json): "
+                             "give the folder that holds them, or leave it out for the released architecture.")
 
 
 def _missing_parts_error(path: Path, missing: list[str]) -> ModelFileError:
@@ -123,6 +139,12 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     overwrite the source. ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors.
     """
     source, target = Path(source), Path(target)
+    if target.is_dir():
+        raise ModelFileError(f"'{target}' is a folder: give the converted file's name (ending in .safetensors).")
+    blocking = next((folder for folder in target.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise ModelFileError(f"'{blocking}' is a file, not a folder, so '{target}' cannot be written there: choose "
+                             "another place for the converted file.")
     if target.suffix != ".safetensors":
         raise ModelFileError(f"The converted file must end in .safetensors, not '{target.name}'.")
     if target.exists() and source.exists() and target.resolve() == source.resolve():

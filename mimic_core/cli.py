@@ -95,7 +95,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if Path(args.output).exists() and not args.overwrite:
+    if Path(args.output).is_file() and not args.overwrite:
         raise InputError(f"'{args.output}' exists; choose another name or pass --overwrite.")
     print(convert_checkpoint(args.input, args.output, args.config_dir,
                              dtype=torch.float16 if args.half else None))

@@ -259,3 +259,28 @@ def test_a_cast_gives_back_each_memory_mapped_weight_once_its_copy_is_made(fixtu
     for name, parameter in models.unet.named_parameters():
         assert parameter.dtype == torch.bfloat16
         assert torch.equal(parameter, originals[name].to(torch.bfloat16))
+
+
+def test_a_config_folder_that_is_missing_or_holds_no_config_is_refused_by_name(tmp_path):
+    """A mistyped --config-dir was passed over for the released architecture, and the weights then
+    failed to fit it, with advice to pass the option that had been passed."""
+    from mimic_core.demo import demo_model_files
+
+    checkpoint = demo_model_files().checkpoint
+    with pytest.raises(ModelFileError, match="config folder .*nope' is not a folder"):
+        read_checkpoint(checkpoint, tmp_path / "nope")
+    with pytest.raises(ModelFileError, match="holds no <part>_config.json file"):
+        read_checkpoint(checkpoint, tmp_path)
+
+
+def test_converting_onto_a_folder_or_below_a_file_is_refused_before_reading(tmp_path):
+    from mimic_core.demo import demo_model_files
+
+    checkpoint = demo_model_files().checkpoint
+    (tmp_path / "out.safetensors").mkdir()
+    with pytest.raises(ModelFileError, match="is a folder: give the converted file's name"):
+        convert_checkpoint(checkpoint, tmp_path / "out.safetensors")
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(ModelFileError, match="notes.txt' is a file, not a folder"):
+        convert_checkpoint(checkpoint, tmp_path / "notes.txt" / "out.safetensors")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt", "out.safetensors"]
