@@ -28,12 +28,27 @@ WORKING_SIZE = 512
 FEATHER_PASSES = 10
 
 
+def as_tensor(value, what: str, form: str) -> torch.Tensor:
+    """``value`` as a tensor (a numpy array is wrapped as it is); anything else (a PIL image, a file's
+    path, None) is refused with the way to read a file."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"The {what} must be a torch tensor (or numpy array) {form}, got {type(value).__name__}: read "
+                         "a file with mimic_core.image_files.read_image(path, 'RGB') (read_mask(path) for a mask).")
+    return value
+
+
 def image_to_uint8(image: torch.Tensor, what: str = "image") -> np.ndarray:
     """One ``[H, W, C]`` (or ``[1, H, W, C]``) 0..1 image as ``H x W x 3`` uint8 RGB.
 
     Grayscale (C=1) is repeated to RGB; an alpha channel (C=2 or 4) is dropped, as PIL's
-    ``convert("RGB")`` does in the authors' demo.
+    ``convert("RGB")`` does in the authors' demo. A numpy array is taken as the tensor it holds.
     """
+    image = as_tensor(image, what, "[H, W, C] in 0..1 (or uint8 0..255)")
+    if image.ndim == 4 and image.shape[0] == 1 and image.shape[1] in (1, 3, 4) and image.shape[-1] not in (1, 2, 3, 4):
+        raise InputError(f"The {what} is channels-first {tuple(image.shape)}; give it channels-last, [1, H, W, C] "
+                         "(image.permute(0, 2, 3, 1)), as ComfyUI's IMAGE is.")
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise InputError(f"Expected one {what}, got a batch of {image.shape[0]}; pass them one at a time.")
@@ -74,6 +89,7 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "sourc
     Shapes ComfyUI produces are understood (``[H, W]``, ``[1, H, W]``, ``[H, W, 1]``,
     ``[1, H, W, 1]``); a uint8 mask is read as 0..255, float values outside 0..1 are refused.
     """
+    mask = as_tensor(mask, "mask" if of == "source" else f"{of} mask", "[H, W] in 0..1 (or uint8 0..255)")
     if mask.ndim == 4 and mask.shape[0] == 1 and mask.shape[-1] == 1:  # [1, H, W, 1]: an image-shaped mask
         mask = mask[0]
     if mask.ndim == 3 and mask.shape[-1] == 1 and mask.shape[0] != 1:  # [H, W, 1]
