@@ -33,10 +33,23 @@ def _open(path: str | Path) -> Image.Image:
             upright = ImageOps.exif_transpose(image)
             upright.load()
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"Cannot read the image '{path}': {err}. Give a PNG, JPEG, WebP, TIFF or BMP file.") from err
+        raise _unreadable(path, err) from err
     if upright.width < 1 or upright.height < 1:
         raise InputError(f"The image '{path}' is empty ({upright.width}x{upright.height}).")
     return upright
+
+
+def _unreadable(path: str | Path, err: Exception) -> InputError:
+    """The error for an image file Pillow could not open, named by why: too large, a folder, not a
+    picture it knows, or damaged."""
+    if isinstance(err, Image.DecompressionBombError):
+        return InputError(f"The image '{path}' is too large to open ({err}): scale it down first.")
+    if isinstance(err, IsADirectoryError):
+        return InputError(f"'{path}' is a folder, not an image: give an image file.")
+    if isinstance(err, (UnidentifiedImageError, FileNotFoundError)):
+        return InputError(f"Cannot read the image '{path}': {err}. Give a picture this can open (a PNG, JPEG, WebP, "
+                          "TIFF or BMP of 8 or 16 bits, or a greyscale float TIFF); save others as PNG.")
+    return InputError(f"Cannot read the image '{path}': {err}. The file may be damaged: save it again as a PNG.")
 
 
 def _deep_grey(image: Image.Image) -> np.ndarray | None:
@@ -110,7 +123,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
             width, height = image.size
             turned = image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"Cannot read the image '{path}': {err}. Give a PNG, JPEG, WebP, TIFF or BMP file.") from err
+        raise _unreadable(path, err) from err
     return (height, width) if turned else (width, height)
 
 

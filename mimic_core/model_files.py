@@ -39,8 +39,9 @@ def _find(models_dir: Path | None, candidates: tuple[str, ...], explicit: str | 
             raise ModelFileError(f"The {what} file '{path}' does not exist. Get {WHERE_TO_DOWNLOAD[what]}.")
         return path
     if models_dir is None:
-        raise ModelFileError(f"No models folder was given, so the {what} cannot be found. "
-                             f"Pass --models DIR holding {candidates[0]} ({WHERE_TO_DOWNLOAD[what]}).")
+        option = {"checkpoint": "--checkpoint", "vae": "--vae", "depth": "--depth-model"}[what]
+        raise ModelFileError(f"No models folder was given, so the {what} cannot be found. Pass {option} FILE, or "
+                             f"--models DIR holding {candidates[0]} ({WHERE_TO_DOWNLOAD[what]}).")
     for candidate in candidates:
         if (models_dir / candidate).exists():
             found = models_dir / candidate

@@ -67,7 +67,7 @@ CASES = [
     BadInput(CLI, "--out inside a path that is a file", "is a file, not a folder",
              {"--out": "{existing}/edited.png"}),
     BadInput(CLI, "--source that does not exist", "Cannot read the image", {"--source": "{folder}/missing.png"}),
-    BadInput(CLI, "--reference that is not an image (a text file)", "Give a PNG, JPEG, WebP, TIFF or BMP file",
+    BadInput(CLI, "--reference that is not an image (a text file)", "Give a picture this can open (a PNG, JPEG",
              {"--reference": "{text_file}"}),
     BadInput(CLI, "--mask all black", "The mask is empty: paint the region", {"--mask": "{empty_mask}"}),
     BadInput(CLI, "--mask painted faintly (grey 100 of 255 at most)", "The mask is too faint: its strongest value is 0.392",

@@ -104,3 +104,17 @@ def test_any_deep_grey_value_reads_within_0_and_1_in_proportion(height, width, v
         read = read_image_array(path, "L")
     assert read.shape == (height, width)
     np.testing.assert_allclose(read, value / 65535, atol=1e-6)
+
+
+def test_an_image_that_cannot_be_opened_is_refused_for_its_reason(tmp_path, monkeypatch):
+    """Too large, a folder, or damaged: each message names that, not a list of formats the file already is."""
+    from PIL import Image
+
+    from mimic_core.image_files import read_image
+
+    with pytest.raises(InputError, match="is a folder, not an image"):
+        read_image(tmp_path, "RGB")
+    Image.new("RGB", (64, 32)).save(tmp_path / "wide.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(InputError, match="is too large to open .* scale it down first"):
+        read_image(tmp_path / "wide.png", "RGB")
