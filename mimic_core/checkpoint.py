@@ -11,6 +11,7 @@ file is self-describing. Where no config is stored, the released architectures a
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,8 @@ from .errors import ModelFileError
 from .files import load_safetensors, load_torch_pickle, new_file_mode, read_json, require_file
 
 PARTS = ("image_proj", "depth_guider", "referencenet", "image_encoder", "unet")
+logger = logging.getLogger(__name__)
+
 FORMAT_NAME = "mimicbrush"
 FORMAT_VERSION = "1"
 DOWNLOAD_HINT = (
@@ -78,7 +81,7 @@ def check_config_dir(config_dir: str | Path) -> None:
         raise ModelFileError(f"The config folder '{folder}' is not a folder: give the folder that holds the "
                              "<part>_config.json files of a non-released architecture, or leave it out for the "
                              "released one.")
-    if not any(folder.glob("*_config.json")):
+    if not any((folder / f"{part}_config.json").is_file() for part in (*PARTS, "vae")):
         raise ModelFileError(f"The config folder '{folder}' holds no <part>_config.json file (e.g. unet_config.json): "
                              "give the folder that holds them, or leave it out for the released architecture.")
 
@@ -162,7 +165,10 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     partial = target.with_name(target.name + ".partial")
     try:
         save_file(flat, str(partial), metadata=metadata)
-        partial.chmod(new_file_mode())
+        try:
+            partial.chmod(new_file_mode())
+        except OSError as err:  # a file system without Unix permissions (exFAT, some network mounts)
+            logger.warning("Could not give '%s' the usual permissions (%s); it keeps its own.", target, err)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import convert_checkpoint
 from .command_options import (CONFIG_DIR_ENV, add_model_options, region_options, resolve_device_dtype,
                               sampling_options)
-from .crop import region_masks
+from .crop import region_count
 from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
@@ -68,7 +68,8 @@ def _edit(args: argparse.Namespace) -> int:
     except InputError as err:
         if not painted_in:
             raise
-        raise InputError(f"No --mask was given, so the mask is the source's transparent part. {err}") from None
+        given = "No --mask was given" if args.mask is None else "--mask names the source"
+        raise InputError(f"{given}, so the mask is the source's transparent part. {err}") from None
     masks = [torch.from_numpy(mask_to_binary(read_mask(path), *reference.shape[1:3], of="reference")).float()
              for path, reference in zip(reference_masks, references)] or None
     if demo:
@@ -79,10 +80,10 @@ def _edit(args: argparse.Namespace) -> int:
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
                          dtype=dtype, device=device)
-    pipeline = MimicBrushPipeline(models, release_encoders=True)
+    pipeline = MimicBrushPipeline(models, working_size=sampling.working_size, release_encoders=True)
     reference = pipeline.encode_reference(references, masks)
     # one count over every region's steps (crop_each edits each masked island in a square of its own)
-    squares = len(region_masks(mask.numpy())) if regions.region == "crop_each" else 1
+    squares = region_count(mask.numpy()) if regions.region == "crop_each" else 1
     done = itertools.count(1)
     result = pipeline.edit(
         source, mask, reference, keep_shape=args.keep_shape, sampling=sampling, regions=regions,

@@ -30,4 +30,3 @@ def slow_precision_warning(dtype: torch.dtype, device: torch.device | str) -> st
     name, features = NATIVE_FEATURES[dtype]
     return (f"{name} on this CPU is emulated (native {name} needs {features}, which it lacks), which makes an edit "
             f"many times slower than fp32, not faster: choose fp32 (or auto) on this machine.")
-

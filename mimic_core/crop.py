@@ -82,6 +82,11 @@ def plan_crop(mask: np.ndarray, context: float = 2.0, min_side: int = 256) -> Cr
     return CropBox(_place(top, bottom - top, side, height), _place(left, right - left, side, width), side)
 
 
+def region_count(mask: np.ndarray) -> int:
+    """How many 8-connected regions ``mask`` has (the squares ``crop_each`` edits), without a mask each."""
+    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+
+
 def region_masks(mask: np.ndarray) -> list[np.ndarray]:
     """One mask per 8-connected region of ``mask``, in reading order of their first pixel."""
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)

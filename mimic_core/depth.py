@@ -30,7 +30,7 @@ from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, D
 from transformers.utils import logging as transformers_logging
 
 from .errors import InputError, ModelFileError
-from .files import load_state_dict_file, read_json
+from .files import load_state_dict_file, read_json, refuse_text_in_place_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype) -> DepthAnythingForDepthEs
             f"'{folder}' is a folder without config.json, so it is not a transformers Depth Anything "
             f"model folder.{hint} {_WHERE_TO_GET}"
         )
+    for weights in folder.glob("*.safetensors"):
+        refuse_text_in_place_of_model(weights)
     hf_config = read_json(config_file)
     if hf_config.get("model_type") != "depth_anything":
         raise ModelFileError(

@@ -29,22 +29,23 @@ def require_file(path: str | Path, what: str, fix: str) -> Path:
     return path
 
 
-def text_in_place_of_model(path: Path) -> ModelFileError | None:
-    """The error for a model file that is really text, the usual failed download: a Git LFS pointer
-    (what a clone without LFS holds in place of each large file) or a web page saved under the
-    model's name; None for anything else. Reads the first kilobyte only."""
+def refuse_text_in_place_of_model(path: str | Path) -> None:
+    """Refuse a model file that is really text, the usual failed download: a Git LFS pointer (what a
+    clone without LFS holds in place of each large file) or a web page saved under the model's name.
+    Reads the first kilobyte only; a binary file (any control byte there) passes."""
+    path = Path(path)
     with open(path, "rb") as handle:
         head = handle.read(1024)
     if head.startswith(b"version https://git-lfs"):
-        return ModelFileError(f"'{path}' is a Git LFS pointer ({path.stat().st_size} bytes of text that stand for the "
-                              "real file), not the model: fetch the file itself ('git lfs pull' in the clone, or "
-                              "download it from the model's page).")
-    if not head or any(byte < 9 or 13 < byte < 32 for byte in head):  # control bytes: a binary file
-        return None
+        raise ModelFileError(f"'{path}' is a Git LFS pointer ({path.stat().st_size} bytes of text that stand for the "
+                             "real file), not the model: fetch the file itself ('git lfs pull' in the clone, or "
+                             "download it from the model's page).")
+    if not head or any(byte < 9 or 13 < byte < 32 for byte in head):
+        return
     if b"<html" in head.lower() or b"<!doctype" in head.lower():
-        return ModelFileError(f"'{path}' is a web page (an error or sign-in page saved in place of the download?), "
-                              "not a model file: download it again.")
-    return ModelFileError(f"'{path}' is a text file, not a model file: download it again.")
+        raise ModelFileError(f"'{path}' is a web page (an error or sign-in page saved in place of the download?), "
+                             "not a model file: download it again.")
+    raise ModelFileError(f"'{path}' is a text file, not a model file: download it again.")
 
 
 def load_torch_pickle(path: str | Path) -> object:
@@ -55,16 +56,14 @@ def load_torch_pickle(path: str | Path) -> object:
     """
     path = Path(path)
     try:
-        text = text_in_place_of_model(path)
-        if text is not None:
-            raise text
+        refuse_text_in_place_of_model(path)
         mmap = zipfile.is_zipfile(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise ModelFileError(
             f"'{path}' holds pickled objects other than tensors and plain containers, so it was "
             "refused without running any of it. Use the original file from the model's download "
-            "page, or a .safetensors conversion of it."
+            f"page, or a .safetensors conversion of it.{_what_torch_refused(err)}"
         ) from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ModelFileError(
@@ -73,10 +72,17 @@ def load_torch_pickle(path: str | Path) -> object:
         ) from err
 
 
+def _what_torch_refused(err: Exception) -> str:
+    """The line of torch's refusal that names what it met (not its advice to load without ``weights_only``)."""
+    named = [line.strip() for line in str(err).splitlines() if "Unsupported" in line or "global" in line.lower()]
+    return f" (torch met: {named[0]})" if named else ""
+
+
 def open_safetensors(path: str | Path):
     """Open a ``.safetensors`` file lazily (memory-mapped), with a clear error when it is broken."""
     path = Path(path)
     try:
+        refuse_text_in_place_of_model(path)
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(
@@ -106,9 +112,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     """
     path = Path(path)
     try:
-        text = text_in_place_of_model(path)
-        if text is not None:
-            raise text
+        refuse_text_in_place_of_model(path)
         size = path.stat().st_size
         with open(path, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
@@ -198,9 +202,14 @@ def new_file_mode() -> int:
     """The permissions a file created now gets by default (0o666 less the umask): writers that create
     their file private (safetensors' ``save_file`` makes it 0o600) are given these, so that a model
     written here is readable where the user's other files are (a ComfyUI run by another user, a
-    container)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    container). The umask is read from ``/proc`` where it can be, not set and restored, which other
+    threads would see."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o666 & ~umask
 
 

@@ -46,7 +46,11 @@ def _unreadable(path: str | Path, err: Exception) -> InputError:
         return InputError(f"The image '{path}' is too large to open ({err}): scale it down first.")
     if isinstance(err, IsADirectoryError):
         return InputError(f"'{path}' is a folder, not an image: give an image file.")
-    if isinstance(err, (UnidentifiedImageError, FileNotFoundError)):
+    if isinstance(err, FileNotFoundError):
+        return InputError(f"The image '{path}' does not exist: check the path.")
+    if isinstance(err, PermissionError):
+        return InputError(f"The image '{path}' cannot be read: this user lacks the permission to read it.")
+    if isinstance(err, UnidentifiedImageError):
         return InputError(f"Cannot read the image '{path}': {err}. Give a picture this can open (a PNG, JPEG, WebP, "
                           "TIFF or BMP of 8 or 16 bits, or a greyscale float TIFF); save others as PNG.")
     return InputError(f"Cannot read the image '{path}': {err}. The file may be damaged: save it again as a PNG.")
@@ -113,6 +117,10 @@ def read_transparency_mask(path: str | Path) -> torch.Tensor:
     if alpha is None or alpha.min() >= 1.0:
         raise InputError(f"'{path}' has no transparent part to read a mask from: give --mask (a grey picture, white "
                          "= edit), or paint the region in ComfyUI's mask editor, which saves it transparent.")
+    if alpha.min() >= 0.5:
+        raise InputError(f"'{path}' is nowhere more than half transparent (its most transparent pixel has alpha "
+                         f"{round(alpha.min() * 255)} of 255), so no region to edit can be read from it: erase the "
+                         "region fully, or give --mask (a grey picture, white = edit).")
     return torch.from_numpy(np.ascontiguousarray(1.0 - alpha))[None]
 
 

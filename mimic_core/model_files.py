@@ -46,8 +46,10 @@ def _find(models_dir: Path | None, candidates: tuple[str, ...], explicit: str | 
         if (models_dir / candidate).exists():
             found = models_dir / candidate
             return found.parent if found.name == "config.json" else found
+    expected = [f"a transformers-format folder {name[:-len('config.json')]} (config.json, model.safetensors)"
+                if name.endswith("config.json") else name for name in candidates]
     raise ModelFileError(
-        f"The {what} was not found in '{models_dir}': expected {' or '.join(candidates)}. "
+        f"The {what} was not found in '{models_dir}': expected {' or '.join(expected)}. "
         f"Download {WHERE_TO_DOWNLOAD[what]} and put it there."
     )
 

@@ -32,7 +32,7 @@ def as_tensor(value, what: str, form: str) -> torch.Tensor:
     """``value`` as a tensor (a numpy array is wrapped as it is); anything else (a PIL image, a file's
     path, None) is refused with the way to read a file."""
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(np.array(value) if not value.flags.writeable else np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
         raise InputError(f"The {what} must be a torch tensor (or numpy array) {form}, got {type(value).__name__}: read "
                          "a file with mimic_core.image_files.read_image(path, 'RGB') (read_mask(path) for a mask).")
@@ -46,9 +46,9 @@ def image_to_uint8(image: torch.Tensor, what: str = "image") -> np.ndarray:
     ``convert("RGB")`` does in the authors' demo. A numpy array is taken as the tensor it holds.
     """
     image = as_tensor(image, what, "[H, W, C] in 0..1 (or uint8 0..255)")
-    if image.ndim == 4 and image.shape[0] == 1 and image.shape[1] in (1, 3, 4) and image.shape[-1] not in (1, 2, 3, 4):
-        raise InputError(f"The {what} is channels-first {tuple(image.shape)}; give it channels-last, [1, H, W, C] "
-                         "(image.permute(0, 2, 3, 1)), as ComfyUI's IMAGE is.")
+    if image.shape and image.shape[-1] not in (1, 2, 3, 4) and image.ndim in (3, 4) and image.shape[-3] in (1, 3, 4):
+        raise InputError(f"The {what} is channels-first {tuple(image.shape)}; give it channels-last, [H, W, C] or "
+                         "[1, H, W, C] (image.movedim(-3, -1)), as ComfyUI's IMAGE is.")
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise InputError(f"Expected one {what}, got a batch of {image.shape[0]}; pass them one at a time.")

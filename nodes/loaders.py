@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import comfy.model_management as mm
@@ -65,8 +66,8 @@ class MimicBrushLoader:
 
 def _preview_colours(checkpoint: str, pipeline) -> list[list[float]] | None:
     """The demo VAE's own latent-to-RGB matrix for the step previews, fitted on the demo's example
-    pictures (a few milliseconds on its tiny VAE); None for a real checkpoint, whose SD VAE ComfyUI's
-    previews already know."""
+    pictures with a float32 copy of its tiny VAE on the CPU (about 0.1 s; the loaded one may be fp16,
+    which the CPU runs slowly); None for a real checkpoint, whose SD VAE ComfyUI's previews know."""
     if checkpoint != DEMO_CHOICE:
         return None
     from ..mimic_core.demo import demo_example
@@ -75,7 +76,8 @@ def _preview_colours(checkpoint: str, pipeline) -> list[list[float]] | None:
 
     example = demo_example()
     pictures = [read_rgb_uint8(example.source), read_rgb_uint8(example.reference)]
-    return fit_latent_rgb_factors(pipeline.models.vae, pictures, pipeline.scaling_factor)
+    vae = copy.deepcopy(pipeline.models.vae).to("cpu", torch.float32)
+    return fit_latent_rgb_factors(vae, pictures, pipeline.scaling_factor)
 
 
 def _checkpoint_and_vae(checkpoint: str, vae: str) -> tuple[str, str]:

@@ -66,7 +66,7 @@ CASES = [
              {"--out": "{existing}"}),
     BadInput(CLI, "--out inside a path that is a file", "is a file, not a folder",
              {"--out": "{existing}/edited.png"}),
-    BadInput(CLI, "--source that does not exist", "Cannot read the image", {"--source": "{folder}/missing.png"}),
+    BadInput(CLI, "--source that does not exist", "does not exist: check the path", {"--source": "{folder}/missing.png"}),
     BadInput(CLI, "--reference that is not an image (a text file)", "Give a picture this can open (a PNG, JPEG",
              {"--reference": "{text_file}"}),
     BadInput(CLI, "--mask all black", "The mask is empty: paint the region", {"--mask": "{empty_mask}"}),

@@ -126,13 +126,25 @@ LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:"
 ])
 def test_text_saved_in_place_of_a_model_is_named_for_what_it_is(tmp_path, suffix, content, answer):
     """The usual failed download (an LFS pointer from a clone without LFS, an error page): one message
-    that says what the file is, not a pickle refusal or a torch traceback (a text .bin gave KeyError)."""
+    that says what the file is, not a pickle refusal or a torch traceback (a text .bin gave KeyError),
+    for the checkpoint, a VAE file and a VAE folder (what a clone of the VAE's repository without LFS
+    holds)."""
     from mimic_core.files import load_state_dict_file
+    from mimic_core.vae import load_vae
 
     path = tmp_path / f"mimicbrush{suffix}"
     path.write_text(content)
     with pytest.raises(ModelFileError, match=answer):
         read_checkpoint(path) if suffix != ".pth" else load_state_dict_file(path)
+    if suffix == ".safetensors":
+        with pytest.raises(ModelFileError, match=answer):
+            load_vae(path)
+        folder = tmp_path / "sd-vae-ft-mse"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+        (folder / "diffusion_pytorch_model.safetensors").write_text(content)
+        with pytest.raises(ModelFileError, match=answer):
+            load_vae(folder)
 
 
 def test_a_folder_given_as_the_checkpoint_is_named_a_folder(tmp_path):

@@ -149,7 +149,7 @@ def test_a_faint_transparent_part_is_named_as_the_mask_read_from_the_source(tmp_
     barely.save(tmp_path / "barely.png")
     assert main(["edit", "--source", str(tmp_path / "barely.png"), "--reference", str(examples / "reference.png"),
                  "--out", str(tmp_path / "out.png")]) == 2
-    assert "No --mask was given, so the mask is the source's transparent part. The mask holds only 0 and 1" in \
+    assert "is nowhere more than half transparent (its most transparent pixel has alpha 254 of 255)" in \
         capsys.readouterr().err
 
 

@@ -86,7 +86,7 @@ def test_unreadable_and_empty_files_say_what_to_give(tmp_path):
     junk.write_text("not a picture")
     with pytest.raises(InputError, match="Cannot read the image .*notes.png.*PNG, JPEG"):
         read_image_array(junk)
-    with pytest.raises(InputError, match="Cannot read"):
+    with pytest.raises(InputError, match="missing.png. does not exist: check the path"):
         read_image_array(tmp_path / "missing.png")
     with pytest.raises(ImageReadError, match="notes.png"):
         read_training_image(junk)
