@@ -18,7 +18,7 @@ import torch
 from .checkpoint import convert_checkpoint
 from .command_options import (CONFIG_DIR_ENV, add_model_options, region_options, resolve_device_dtype,
                               sampling_options)
-from .crop import region_count
+from .crop import squares_edited
 from .edit_options import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .errors import InputError, MimicBrushError
 from .evaluation.command import add_command as add_evaluate_command
@@ -82,8 +82,7 @@ def _edit(args: argparse.Namespace) -> int:
                          dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, working_size=sampling.working_size, release_encoders=True)
     reference = pipeline.encode_reference(references, masks)
-    # one count over every region's steps (crop_each edits each masked island in a square of its own)
-    squares = region_count(mask.numpy()) if regions.region == "crop_each" else 1
+    squares = squares_edited(mask.numpy(), regions.region)  # one count of steps over every square
     done = itertools.count(1)
     result = pipeline.edit(
         source, mask, reference, keep_shape=args.keep_shape, sampling=sampling, regions=regions,

@@ -82,9 +82,10 @@ def plan_crop(mask: np.ndarray, context: float = 2.0, min_side: int = 256) -> Cr
     return CropBox(_place(top, bottom - top, side, height), _place(left, right - left, side, width), side)
 
 
-def region_count(mask: np.ndarray) -> int:
-    """How many 8-connected regions ``mask`` has (the squares ``crop_each`` edits), without a mask each."""
-    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+def squares_edited(mask: np.ndarray, region: str) -> int:
+    """How many squares an edit of ``region`` ("whole", "crop", "crop_each") works on for ``mask``, each
+    running every sampling step: one, or one per 8-connected region (counted without a mask each)."""
+    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if region == "crop_each" else 1
 
 
 def region_masks(mask: np.ndarray) -> list[np.ndarray]:

@@ -73,9 +73,11 @@ def load_torch_pickle(path: str | Path) -> object:
 
 
 def _what_torch_refused(err: Exception) -> str:
-    """The line of torch's refusal that names what it met (not its advice to load without ``weights_only``)."""
-    named = [line.strip() for line in str(err).splitlines() if "Unsupported" in line or "global" in line.lower()]
-    return f" (torch met: {named[0]})" if named else ""
+    """What torch's refusal says it met, its unpickler's first sentence (not its advice to load
+    without ``weights_only``)."""
+    prefix = "WeightsUnpickler error: "
+    named = [line.strip()[len(prefix):] for line in str(err).splitlines() if line.strip().startswith(prefix)]
+    return f" (torch met: {named[0].split('. ')[0]})" if named else ""
 
 
 def open_safetensors(path: str | Path):

@@ -89,7 +89,8 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "sourc
     Shapes ComfyUI produces are understood (``[H, W]``, ``[1, H, W]``, ``[H, W, 1]``,
     ``[1, H, W, 1]``); a uint8 mask is read as 0..255, float values outside 0..1 are refused.
     """
-    mask = as_tensor(mask, "mask" if of == "source" else f"{of} mask", "[H, W] in 0..1 (or uint8 0..255)")
+    what = "mask" if of == "source" else f"{of} mask"
+    mask = as_tensor(mask, what, "[H, W] in 0..1 (or uint8 0..255)")
     if mask.ndim == 4 and mask.shape[0] == 1 and mask.shape[-1] == 1:  # [1, H, W, 1]: an image-shaped mask
         mask = mask[0]
     if mask.ndim == 3 and mask.shape[-1] == 1 and mask.shape[0] != 1:  # [H, W, 1]
@@ -101,7 +102,6 @@ def mask_to_binary(mask: torch.Tensor, height: int, width: int, of: str = "sourc
     if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
         raise InputError(f"The mask must be [H, W] (or [1, H, W]), got shape {tuple(mask.shape)}.")
     mask = mask.detach().to("cpu", torch.float32) / (255.0 if mask.dtype == torch.uint8 else 1.0)
-    what = "mask" if of == "source" else f"{of} mask"
     _check_unit_range(mask, what)
     strongest = float(mask.max()) if mask.numel() else 0.0
     if 0.0 < strongest <= 1.5 / 255:

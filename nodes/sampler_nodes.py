@@ -107,7 +107,7 @@ class MimicBrushSampler:
     def sample(self, mimicbrush, source, mask, reference, steps, guidance, seed, batch_size, region, working_size,
                context, sampler, reference_every, guided_fraction=1.0, deep_features_every=1, shape_depth=None,
                reference_strength=1.0, denoise=1.0, quality=QUALITY_CHOICES[0]):
-        from ..mimic_core.crop import region_count
+        from ..mimic_core.crop import squares_edited
         from ..mimic_core.edit_options import OptionError, RegionOptions, SamplingOptions
         from ..mimic_core.errors import InputError
         from ..mimic_core.preprocess import image_to_uint8, mask_to_binary
@@ -148,13 +148,12 @@ class MimicBrushSampler:
             except InputError as err:
                 raise (InputError(f"Mask {index + 1} of {masks.shape[0]}: {err}") if masks.shape[0] > 1 else err) from None
         edit_masks = [binary[index % len(binary)] for index in range(count)]
-        # the progress bar's total: each edit works on one square, or on one per masked island
-        squares = [region_count(edit_mask.numpy()) if regions.region == "crop_each" else 1
-                   for edit_mask in edit_masks]
+        squares = [squares_edited(drawn.numpy(), regions.region) for drawn in binary]  # the progress bar's total
 
         StepProgress.check_cancel()
         pipeline = mimicbrush.ready()
-        progress = StepProgress(sum(squares) * sampling.steps, mimicbrush.latent_rgb_factors)
+        progress = StepProgress(sum(squares[index % len(binary)] for index in range(count)) * sampling.steps,
+                                mimicbrush.latent_rgb_factors)
         images, latents = [], []
         for index in range(count):
             result = pipeline.edit(
