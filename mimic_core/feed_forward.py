@@ -22,14 +22,15 @@ from diffusers.models.attention import FeedForward
 from torch import nn
 
 from .layer_classes import records_autograd, replace_layer_class
+from .prepacked import PrepackedLinear
 
 CHUNK_ROWS = 1024
 """Rows (batch x tokens) per block: about 10 MB of GEGLU intermediate at the 64x64 level."""
 
 
 class RowChunkedFeedForward(FeedForward):
-    """diffusers ``FeedForward`` (GEGLU, dropout, linear) that, in inference, computes
-    :data:`CHUNK_ROWS` rows at a time and writes each block's result straight into the output."""
+    """diffusers ``FeedForward`` (GEGLU, dropout, linear, the linear layers stock or packed once for
+    oneDNN) that, in inference, computes :data:`CHUNK_ROWS` rows at a time into one output tensor."""
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or not self._chunks(hidden_states):
@@ -39,12 +40,7 @@ class RowChunkedFeedForward(FeedForward):
         result = rows.new_empty(rows.shape[0], output.out_features)
         for start in range(0, rows.shape[0], CHUNK_ROWS):
             value, gate = activation.proj(rows[start:start + CHUNK_ROWS]).chunk(2, dim=-1)
-            mixed = value * activation.gelu(gate)
-            block = result[start:start + CHUNK_ROWS]
-            if output.bias is None:
-                torch.mm(mixed, output.weight.t(), out=block)
-            else:
-                torch.addmm(output.bias, mixed, output.weight.t(), out=block)
+            result[start:start + CHUNK_ROWS] = output(value * activation.gelu(gate))
         return result.view(*hidden_states.shape[:-1], output.out_features)
 
     def _chunks(self, hidden_states: torch.Tensor) -> bool:
@@ -52,7 +48,8 @@ class RowChunkedFeedForward(FeedForward):
         block, the stock GEGLU-dropout-linear layout, no active dropout, autograd not recording."""
         dropouts = [module for module in self.net if isinstance(module, nn.Dropout)]
         return (hidden_states.shape[:-1].numel() > CHUNK_ROWS
-                and type(self.net[0]) is GEGLU and type(self.net[2]) is nn.Linear and len(dropouts) == len(self.net) - 2
+                and type(self.net[0]) is GEGLU and type(self.net[2]) in (nn.Linear, PrepackedLinear)
+                and len(dropouts) == len(self.net) - 2
                 and not (self.training and any(module.p > 0 for module in dropouts))
                 and not records_autograd(self, hidden_states))
 

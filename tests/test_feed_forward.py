@@ -61,6 +61,18 @@ def test_active_dropout_takes_the_stock_forward():
 
 
 def test_every_feed_forward_of_the_engine_u_nets_is_chunked(tiny_models):
+    """As loaded, with their linear layers packed too, every feed-forward runs in blocks of rows and
+    computes the stock function (the packed output layer once kept it on the stock forward)."""
     for unet in (tiny_models.unet, tiny_models.referencenet):
         layers = [m for m in unet.modules() if isinstance(m, FeedForward)]
         assert layers and all(type(m) is RowChunkedFeedForward for m in layers)
+        layer = layers[0]
+        stock = FeedForward(layer.net[0].proj.in_features, activation_fn="geglu", inner_dim=layer.net[2].in_features)
+        stock.load_state_dict(layer.state_dict())
+        projections = []
+        hook = layer.net[0].proj.register_forward_hook(lambda module, args, output: projections.append(args[0].shape[0]))
+        x = torch.randn(2, CHUNK_ROWS, layer.net[0].proj.in_features)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), stock.eval()(x), rtol=1e-5, atol=1e-5)
+        hook.remove()
+        assert projections == [CHUNK_ROWS, CHUNK_ROWS]
