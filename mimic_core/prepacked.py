@@ -11,8 +11,8 @@ AVX512 CPU a packed 1280->10240 layer on 256 rows took 31 ms against 45 ms, a 64
 :func:`prepack_convolutions` turns a module's ``nn.Conv2d`` layers into :class:`PrepackedConv2d`,
 and :func:`prepack_linears` its ``nn.Linear`` layers into :class:`PrepackedLinear`: same
 parameters, same state dict, same function. The packed weight is made at the first forward
-that can use it (a float32 input on the CPU, or for convolutions a bf16 one on a CPU that computes
-bf16 natively; autograd not recording) and made again when the
+that can use it (a float32 input on the CPU, for convolutions one below 32x32, where packing gains;
+or for convolutions a bf16 one on a CPU that computes bf16 natively; autograd not recording) and made again when the
 weight has been replaced, moved or cast, or changed in place since; any other call runs the stock
 forward. Writes that bypass the version counter (through ``.data``, or to a weight created in
 inference mode, which has none) are not seen: after such a write, call
@@ -109,10 +109,24 @@ class PackedWeight:
         return result
 
 
+FLOAT32_PACKED_BELOW_SIDE = 32
+"""In float32 a convolution runs packed only on inputs smaller than this on a side. Above, the stock
+call measured as fast or faster on a 2-core AVX512 CPU at SD-1.5 size: the U-Nets' 1x1 convolutions
+at 64x64 and 32x32 latents, their input and output layers and their stride-2 convolutions there
+(a 320->960 1x1 convolution at 64x64, batch 2: 26 ms stock, 38 ms packed; the 3x3 ones of that size
+run by Winograd), where at 16x16 and 8x8 packing gains up to 2.2x. In bf16 packed calls gain at 64x64
+too (its input layer took 2.1 ms packed against 6.9 ms), so bf16 packs at every size."""
+
+
 class PrepackedConv2d(PackedWeight, nn.Conv2d):
-    """``nn.Conv2d`` whose CPU float32 (or native bf16) inference runs on a weight packed once for oneDNN."""
+    """``nn.Conv2d`` whose CPU float32 (below :data:`FLOAT32_PACKED_BELOW_SIDE`) or native bf16 inference
+    runs on a weight packed once for oneDNN."""
 
     input_dims = 4
+
+    def _packable(self, input: torch.Tensor) -> bool:
+        return super()._packable(input) and (input.dtype is not torch.float32
+                                             or min(input.shape[-2:]) < FLOAT32_PACKED_BELOW_SIDE)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._packable(input):

@@ -11,7 +11,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from mimic_core.files import load_safetensors
-from mimic_core.prepacked import PrepackedConv2d, PrepackedLinear, packs_dtype, prepack_convolutions, prepack_linears
+from mimic_core.prepacked import (FLOAT32_PACKED_BELOW_SIDE, PrepackedConv2d, PrepackedLinear, packs_dtype,
+                                  prepack_convolutions, prepack_linears)
 from mimic_core.resnet_blocks import InPlaceResnetBlock2D
 from mimic_core.winograd import PrepackedWinogradConv2d, WinogradConv2d
 
@@ -257,3 +258,20 @@ def test_a_bf16_linear_takes_the_stock_path():
     with torch.inference_mode():
         assert torch.equal(packed(x), stock(x))
     assert packed._packed is None
+
+
+def test_float32_convolutions_pack_only_below_the_size_where_packing_gains():
+    """In float32, inputs of 32 or more on a side run the stock convolution (no packed weight is
+    made; the function is the same), smaller ones the packed weight; bf16 packs at any size."""
+    stock, packed = _pair(8, 8, 1, 1, 0)
+    large, small = torch.randn(2, 8, FLOAT32_PACKED_BELOW_SIDE, 40), torch.randn(2, 8, 40, FLOAT32_PACKED_BELOW_SIDE - 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(large), stock(large), rtol=1e-5, atol=1e-5)
+        assert packed._packed is None
+        torch.testing.assert_close(packed(small), stock(small), rtol=1e-5, atol=1e-5)
+        assert packed._packed is not None
+        if packs_dtype(torch.bfloat16):
+            packed_bf16 = copy.deepcopy(stock).bfloat16()
+            prepack_convolutions(packed_bf16)
+            packed_bf16(large.bfloat16())
+            assert packed_bf16._packed is not None
