@@ -129,9 +129,10 @@ def peak_resident_gib() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 2**20
 
 
-def _inputs(mode: str = "exact"):
-    """Source, mask and reference of the timed edit, and the edit options of ``mode``."""
-    rng = np.random.default_rng(0)
+def _inputs(mode: str = "exact", seed: int = 0):
+    """Source, mask and reference of the timed edit (random images drawn with ``seed``), and the
+    edit options of ``mode``."""
+    rng = np.random.default_rng(seed)
     source = torch.from_numpy(rng.random((1, 480, 640, 3), dtype=np.float32))
     mask = torch.zeros(480, 640)
     mask[120:360, 200:440] = 1
@@ -209,19 +210,43 @@ def time_fixed_parts(models) -> tuple[dict[str, list[float]], list]:
     return spent, hooks
 
 
+LATER_STEPS = 2
+"""Steps of the later edit (``--later-edit``): enough to tell its fixed cost from its steady steps."""
+
+
 def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | None = None,
-                 dtype: torch.dtype = torch.float32) -> dict:
+                 dtype: torch.dtype = torch.float32, later_edit: bool = False) -> dict:
     """One edit, timed step by step; with ``turns``, one step at a time while another child waits.
-    ``dtype`` is ours; the authors' order runs fp32."""
+    ``dtype`` is ours; the authors' order runs fp32. With ``later_edit``, a second edit follows in
+    the same process on other images (:data:`LATER_STEPS` steps), as in a ComfyUI session with the
+    models loaded: its report is the first's ``later_edit``."""
     torch.manual_seed(0)
     # their U-Nets run stock convolutions; ours run on weights packed once for oneDNN
     models = load_models(files["safetensors"], files["vae"], files["depth"], inference_layers=mode != "authors",
                          dtype=torch.float32 if mode == "authors" else dtype)
     if mode == "authors":  # their torch.load has read every weight before the edit; ours pages them in during it
         read_every_weight(models.modules().values())
-    source, mask, reference, edit_options = _inputs(mode)
     # ours as the CLI runs it: the image encoder's and depth model's memory released once used
     pipeline = AuthorsOrderPipeline(models) if mode == "authors" else MimicBrushPipeline(models, release_encoders=True)
+    parts, part_hooks = time_fixed_parts(pipeline.models)
+    report = timed_edit(pipeline, mode, steps, _inputs(mode), parts, turns)
+    torch.save(report.pop("latents"), out)
+    if later_edit:
+        # it holds the turn already: the first edit's last step handed it back and got it again
+        report["later_edit"] = timed_edit(pipeline, mode, LATER_STEPS, _inputs(mode, seed=1), parts, turns,
+                                          holds_turn=True)
+        report["later_edit"].pop("latents")
+    for hook in part_hooks:
+        hook.remove()
+    return report
+
+
+def timed_edit(pipeline, mode: str, steps: int, inputs: tuple, parts: dict[str, list[float]], turns: Turns | None,
+               holds_turn: bool = False) -> dict:
+    """Run one edit of ``inputs`` (:func:`_inputs`), timing each step and each :data:`FIXED_PARTS`
+    call it makes (``parts`` is filled as it runs, for the whole process); with ``turns``, it begins
+    when it gets the turn unless it ``holds_turn`` already."""
+    source, mask, reference, edit_options = inputs
     # fast mode runs twice the steps, guided for the first half only, the whole U-Net every 2nd step
     # (and at the first unguided one), to time guided and unguided, whole and shallow steps
     options = ({"sampler": "dpmpp_2m", "reference_every": 0, "guided_fraction": 0.5,
@@ -229,15 +254,15 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     run_steps = 2 * steps if mode == "fast" else options.pop("steps", steps)
     kinds, current = [], {}
     unet = pipeline.models.unet
-    parts, part_hooks = time_fixed_parts(pipeline.models)
+    calls_before = {part: len(calls) for part, calls in parts.items()}
     hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: current.update(rows=output.shape[0])),
-             unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True)), *part_hooks]
+             unet.mid_block.register_forward_hook(lambda *args: current.update(whole=True))]
 
     def loop_begins(*args) -> None:  # at the first U-Net call: the first step's time holds what comes before
         current.setdefault("loop_began", time.perf_counter())
 
     hooks += [network.register_forward_pre_hook(loop_begins) for network in (unet, pipeline.models.referencenet)]
-    started = resumed = turns.wait() if turns else time.perf_counter()
+    started = resumed = turns.wait() if turns and not holds_turn else time.perf_counter()
     waited_before = turns.waited if turns else 0.0
 
     def step_done(step, total, latents):
@@ -256,7 +281,6 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
     total = time.perf_counter() - started - ((turns.waited - waited_before) if turns else 0.0)
     for hook in hooks:
         hook.remove()
-    torch.save(result.latents, out)
     # steps 2.. are steady; step 1 also holds what the loop does once (fast mode's only reference pass)
     durations = [duration for _, _, duration in kinds]
     steady = {}
@@ -264,10 +288,13 @@ def measure_edit(files: dict, mode: str, steps: int, out: Path, turns: Turns | N
         steady.setdefault(f"{guided}_{whole}", []).append(float(duration))
     report = {"mode": mode, "total_s": total, "steps": run_steps, "first_step_s": durations[0],
               "before_loop_s": current["loop_began"] - started,
-              "loop_s": sum(durations), "peak_rss_gib": peak_resident_gib(), "steady_steps_s": durations[1:],
+              "loop_s": sum(durations), "steady_steps_s": durations[1:],
               "step_s": {kind: float(np.mean(values)) for kind, values in steady.items()},
-              "fixed_parts_s": {part: [float(seconds) for seconds in calls] for part, calls in parts.items()}}
+              "fixed_parts_s": {part: [float(seconds) for seconds in calls[calls_before[part]:]]
+                                for part, calls in parts.items()},
+              "latents": result.latents}
     report["steady_step_s"] = report["step_s"].get("guided_whole", float("nan"))
+    report["peak_rss_gib"] = peak_resident_gib()  # the process's peak so far: with a later edit, over both
     return report
 
 
@@ -365,11 +392,16 @@ def main() -> int:
                         help="precision of ours (the authors' order stays fp32; default %(default)s)")
     parser.add_argument("--exact-only", action="store_true",
                         help="measure the authors' order and exact mode only (no fast mode, no loading)")
+    parser.add_argument("--later-edit", action="store_true",
+                        help="with --exact-only: a second edit on other images follows in each process, the models "
+                             "loaded (as in a ComfyUI session), and its fixed cost is printed too")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.later_edit and not (args.exact_only or args.child):
+        parser.error("--later-edit goes with --exact-only")
     torch.set_grad_enabled(True)
     if args.child:
         files = json.loads(args.files)
@@ -377,7 +409,7 @@ def main() -> int:
             report = measure_load(files, args.child[len("load-"):])
         else:
             report = measure_edit(files, args.child, args.steps, Path(args.out), Turns() if args.turns else None,
-                                  DTYPES[args.dtype])
+                                  DTYPES[args.dtype], args.later_edit)
         print(json.dumps(report))
         return 0
 
@@ -386,7 +418,8 @@ def main() -> int:
         started = time.perf_counter()
         files = build_files(args.size, work)
         print(f"built {args.size} random-weight files in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        common = ["--size", args.size, "--steps", str(args.steps), "--dtype", args.dtype, "--files", json.dumps(files)]
+        common = ["--size", args.size, "--steps", str(args.steps), "--dtype", args.dtype, "--files", json.dumps(files),
+                  *(["--later-edit"] if args.later_edit else [])]
         def in_turns(modes: tuple[str, ...], name: str) -> list[dict]:
             return take_turns([[sys.executable, __file__, "--child", mode, "--turns",
                                 "--out", str(work / f"{name}_{index}.pt"), *common] for index, mode in enumerate(modes)])
@@ -464,9 +497,25 @@ def print_exact_rows(a: dict, e: dict, relative: float, args) -> None:
           f"{fixed_a:.1f} | {fixed_e:.1f} | {fixed_e / fixed_a:.2f} |")
     for name, theirs, ours in fixed_cost_parts(a, e):
         print(f"| ... {name} | {theirs:.1f} | {ours:.1f} | {ours / theirs if theirs else float('nan'):.2f} |")
-    print(f"| peak resident memory, GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
+    if "later_edit" in a:
+        print_later_edit_rows(a, e)
+    print(f"| peak resident memory (the first edit), GiB | {a['peak_rss_gib']:.2f} | {e['peak_rss_gib']:.2f} | "
           f"{e['peak_rss_gib'] / a['peak_rss_gib']:.2f} |")
     print(f"| s per edit, 50 DDIM steps | {authors_50:.0f} | {exact_50:.0f} | {exact_50 / authors_50:.2f} |")
+
+
+def print_later_edit_rows(a: dict, e: dict) -> None:
+    """The fixed cost of the later edit (``--later-edit``), reckoned with each side's steady step from
+    its first edit (the later edit's own steps are too few), and its parts."""
+    later = [dict(row["later_edit"], steady_step_s=row["steady_step_s"]) for row in (a, e)]
+    fixed_a, fixed_e = (row["total_s"] - row["steps"] * row["steady_step_s"] for row in later)
+    print(f"| fixed s per later edit (other images, the models loaded; {LATER_STEPS} steps, each pair's ratio "
+          f"{' '.join(f'{ours / theirs:.2f}' for theirs, ours in zip(later[0]['steady_steps_s'], later[1]['steady_steps_s']))}) | "
+          f"{fixed_a:.1f} | {fixed_e:.1f} | {fixed_e / fixed_a:.2f} |")
+    for name, theirs, ours in fixed_cost_parts(*later):
+        print(f"| ... later edit: {name} | {theirs:.1f} | {ours:.1f} | {ours / theirs if theirs else float('nan'):.2f} |")
+    print(f"| ... peak resident memory over both edits, GiB | {later[0]['peak_rss_gib']:.2f} | "
+          f"{later[1]['peak_rss_gib']:.2f} | {later[1]['peak_rss_gib'] / later[0]['peak_rss_gib']:.2f} |")
 
 
 def fixed_cost_parts(*rows: dict) -> list[tuple]:
