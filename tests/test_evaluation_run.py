@@ -18,6 +18,7 @@ from mimic_core.cli import main
 from mimic_core.errors import InputError
 from mimic_core.evaluation.benchmark import load_benchmark
 from mimic_core.evaluation.contact_sheet import GAP, STRIP, panel_width, sheet_size
+from mimic_core.evaluation.runner import OutputFolder
 from tests.evaluation_support import (
     SYNTHETIC_CASES,
     write_synthetic_benchmark,
@@ -228,7 +229,7 @@ def test_bad_manifests_are_explained(workspace, tmp_path):
             {**good, "id": "b"}]))
     message = str(error.value)
     assert "3 problem(s)" in message and "source_mask is empty" in message
-    assert "60x20 px; inner-ID cases need at least 32" in message and "'b' is used twice" in message
+    assert "60x20 px; inner-ID cases need at least 32" in message and "'b' is used by 2 cases (#2, #3)" in message
 
 
 def test_bad_options_are_refused_before_any_work(workspace, tmp_path, capsys):
@@ -239,7 +240,57 @@ def test_bad_options_are_refused_before_any_work(workspace, tmp_path, capsys):
     assert f"--dino '{tmp_path / 'no_dino'}' does not exist" in capsys.readouterr().err
     assert evaluate(workspace, out, "--shard", "0/2", editor=False, backbones=False) == 2
     assert "give the editor's model files" in capsys.readouterr().err
-    assert not (out / "results").exists()
+    assert not (out / "results").exists() and not (out / "run.json").exists()
+
+
+def copy_sources_as_results(benchmark_folder, results):
+    """A folder of "results made elsewhere": each case's source, unedited (at the source's size, as required)."""
+    results.mkdir()
+    for case in load_benchmark(benchmark_folder).cases:
+        shutil.copyfile(case.source, results / f"{case.id}.png")
+    return results
+
+
+def test_a_run_that_fails_before_any_result_leaves_no_record(workspace, tmp_path, capsys):
+    """A run.json left by a run that wrote nothing named that run's benchmark and results folder, so the
+    next run in the folder, scoring --results (or another benchmark), was refused the folder."""
+    out = tmp_path / "out"
+    assert evaluate(workspace, out, editor=False, backbones=False) == 2  # neither --models nor --results
+    assert "have no result yet" in capsys.readouterr().err
+    assert evaluate(workspace, out, "--models", str(tmp_path / "no_models"), editor=False, backbones=False) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (out / "run.json").exists()
+    results = copy_sources_as_results(workspace["benchmark"], tmp_path / "elsewhere")
+    assert evaluate(workspace, out, "--results", str(results), editor=False, backbones=False) == 0
+    assert json.loads((out / "run.json").read_text())["results_from"] == str(results.resolve())
+    assert (out / "report.json").is_file()
+
+
+def folder_contents(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_failed_run_leaves_an_earlier_runs_folder_as_it_was(workspace, full_run, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(full_run, partial)
+    (partial / "results" / "tt-inter.png").unlink()
+    before = folder_contents(partial)
+    assert evaluate(workspace, partial, editor=False, backbones=False) == 2  # a case without a result, no --models
+    assert "1 case(s) have no result yet" in capsys.readouterr().err
+    assert evaluate(workspace, partial, "--models", str(tmp_path / "no_models"), editor=False, backbones=False) == 2
+    assert folder_contents(partial) == before and "run.json" in before
+
+
+def test_the_record_is_written_with_the_first_file_and_checked_then(workspace, tmp_path):
+    """Two runs that claimed the same empty folder: the second to write is refused, not mixed in."""
+    first, second = OutputFolder(tmp_path / "out"), OutputFolder(tmp_path / "out")
+    first.claim(workspace["benchmark"], None)
+    second.claim(tmp_path / "other_benchmark", None)
+    assert not first.record_path.exists()
+    first.record_run()
+    assert json.loads(first.record_path.read_text())["benchmark"] == str(workspace["benchmark"].resolve())
+    with pytest.raises(InputError, match="holds an evaluation of"):
+        second.record_run()
 
 
 def test_the_command_module_that_cli_imports_pulls_in_nothing_heavy():

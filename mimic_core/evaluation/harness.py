@@ -117,6 +117,7 @@ def _score(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFolder,
     sheets = {}
 
     def draw(case, images, edited):
+        folder.record_run()
         sheets[case.id] = folder.sheets / f"{case.id}.png"
         write_contact_sheet(contact_sheet(case, images, edited, args.sheet_height), sheets[case.id])
 

@@ -74,35 +74,54 @@ class OutputFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.record_path = self.path / RUN_RECORD
         self.results = self.path / "results"
         self.sheets = self.path / "sheets"
         self.report_json = self.path / "report.json"
         self.report_md = self.path / "report.md"
+        self.record: dict | None = None
 
     def claim(self, benchmark_folder: Path, results_from: Path | None) -> None:
-        """Make the folder ours, or check that it already is and belongs to this benchmark.
+        """Check that the folder is new, empty, or an earlier run's of this benchmark, and create it.
 
         A folder holding anything but an earlier run's files is refused, so that a typo in
-        ``--out`` never writes over a user's own files.
+        ``--out`` never writes over a user's own files. ``run.json`` is written later, by
+        :meth:`record_run`.
         """
-        record = {"benchmark": str(benchmark_folder.resolve()),
-                  "results_from": str(results_from.resolve()) if results_from else None}
-        record_path = self.path / RUN_RECORD
-        if record_path.is_file():
-            try:
-                found = json.loads(record_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise InputError(f"{record_path} is damaged ({err.msg}); use a new --out folder.") from err
-            if found != record:
-                raise InputError(f"'{self.path}' holds an evaluation of {found.get('benchmark')} "
-                                 f"(results from {found.get('results_from') or 'the editor'}); this run is of "
-                                 f"{record['benchmark']} (results from {record['results_from'] or 'the editor'}). "
-                                 "Use another --out folder.")
+        self.record = {"benchmark": str(benchmark_folder.resolve()),
+                       "results_from": str(results_from.resolve()) if results_from else None}
+        if self.record_path.is_file():
+            self._check_record()
             return
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise InputError(f"'{self.path}' exists and is not an evaluation folder; choose a new or empty --out.")
         self.path.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    def record_run(self) -> None:
+        """Write ``run.json`` if the folder has none; called before each file a run writes.
+
+        Not written when the folder is claimed: a run that stops before its first result (model
+        files that do not load, a forgotten --models or --results) would leave a record of its
+        benchmark and results folder in an otherwise empty folder, and a later run of another
+        benchmark or of --results would be refused it. A record that another process wrote since
+        the claim is checked as the claim checks it.
+        """
+        if self.record_path.is_file():
+            self._check_record()
+        else:
+            self.record_path.write_text(json.dumps(self.record, indent=2) + "\n", encoding="utf-8")
+
+    def _check_record(self) -> None:
+        """Refuse the folder unless its ``run.json`` names this run's benchmark and results folder."""
+        try:
+            found = json.loads(self.record_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InputError(f"{self.record_path} is damaged ({err.msg}); use a new --out folder.") from err
+        if found != self.record:
+            raise InputError(f"'{self.path}' holds an evaluation of {found.get('benchmark')} "
+                             f"(results from {found.get('results_from') or 'the editor'}); this run is of "
+                             f"{self.record['benchmark']} (results from {self.record['results_from'] or 'the editor'}). "
+                             "Use another --out folder.")
 
     def result_path(self, case: Case) -> Path:
         return self.results / f"{case.id}.png"
@@ -178,5 +197,6 @@ def edit_cases(cases: list[Case], folder: OutputFolder, settings: EditSettings, 
         result = pipeline.edit(
             read_image(str(case.source), "RGB"), read_image(str(case.source_mask), "L")[..., 0], encoded,
             keep_shape=case.keep_shape, sampling=settings.sampling, regions=settings.regions)
+        folder.record_run()
         write_result(image_to_uint8(result.images[0]), folder.result_path(case), settings)
         logger.info("edited %s (%d/%d) in %.1f s", case.id, number, len(ordered), time.perf_counter() - started)
