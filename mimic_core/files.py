@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import mmap
@@ -182,6 +183,31 @@ def release_mapped_pages(tensors: Iterable[torch.Tensor]) -> int:
         if last > first and _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED) == 0:
             released += last - first
     return released
+
+
+@contextlib.contextmanager
+def mapped_pages_released_as_used(module: torch.nn.Module):
+    """While inside, give back each layer's memory-mapped weights as soon as that layer has run, and
+    at the end every weight of ``module`` (:func:`release_mapped_pages`).
+
+    A network run once through, as an image encoder or depth model is per edit, then holds about one
+    layer's weights at a time instead of all of them. Given back only at its end, the SD-1.5-size
+    image encoder's 2.5 GB were resident together with the U-Nets' weights in every edit after the
+    first (whose U-Nets are paged in later), which made that edit's peak 10.6 GiB against 9.0 for
+    the first. Reading the pages back from the page cache costs little: all 6.4 GiB of the U-Nets'
+    mapped weights were touched in 0.2 s.
+    """
+    def release_own_weights(layer: torch.nn.Module, args, output) -> None:  # None: the output stays as it is
+        release_mapped_pages(layer.parameters(recurse=False))
+
+    hooks = [layer.register_forward_hook(release_own_weights)
+             for layer in module.modules() if next(layer.parameters(recurse=False), None) is not None]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        release_mapped_pages(module.parameters())
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None

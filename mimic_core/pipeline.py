@@ -11,6 +11,8 @@ blended into the source with a feathered mask.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
@@ -25,7 +27,7 @@ from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
 from .deep_cache import DeepFeatureCache, whole_steps
 from .edit_options import SAMPLERS, RegionOptions, SamplingOptions, check_sampler
 from .errors import EditInterrupted, InputError, ModelFileError
-from .files import release_mapped_pages
+from .files import mapped_pages_released_as_used
 from .models import MimicBrushModels
 from .prepacked import tensor_state
 from .shape_control import blank_depth_map, square_depth_map
@@ -163,9 +165,9 @@ class MimicBrushPipeline:
     edits with shape control off), and the CLIP embedding of the blank input (the unconditional
     context), kept while the image encoder's and projection's weights stay what and where they were.
 
-    ``release_encoders``: once the image encoder has embedded a reference and the depth model
-    has estimated a depth, give back the memory their memory-mapped weights hold on the CPU
-    (:func:`~mimic_core.files.release_mapped_pages`; they are read in again when next used).
+    ``release_encoders``: as the image encoder embeds a reference and the depth model estimates a
+    depth, give back the memory their memory-mapped weights hold on the CPU, layer by layer
+    (:func:`~mimic_core.files.mapped_pages_released_as_used`; they are read in again when next used).
     For callers that own the models (the CLI); a host that manages model memory itself, as
     ComfyUI does, leaves it off.
     """
@@ -179,9 +181,13 @@ class MimicBrushPipeline:
         """The blank input's projected embedding and the :func:`tensor_state` of every weight it came from."""
         self.release_encoders = release_encoders
 
-    def _done_with(self, module: torch.nn.Module | None) -> None:
+    def _running_once(self, module: torch.nn.Module | None):
+        """Context for a pass of the image encoder or depth model: with ``release_encoders``, its
+        weights' pages are given back layer by layer as it runs
+        (:func:`~mimic_core.files.mapped_pages_released_as_used`)."""
         if self.release_encoders and module is not None:
-            release_mapped_pages(module.parameters())
+            return mapped_pages_released_as_used(module)
+        return contextlib.nullcontext()
 
     def latent_size(self, working_size: int) -> int:
         return working_size // (2 ** (len(self.models.vae.config.block_out_channels) - 1))
@@ -229,10 +235,10 @@ class MimicBrushPipeline:
         seen = padded if padded_masks is None else [
             np.where(mask[..., None] > 0, image, np.uint8(255)) for image, mask in zip(padded, padded_masks)]
         pixels = self._to_model(torch.cat([pre.clip_pixels(image) for image in seen]))
-        hidden = self.models.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        embeds = self.models.image_proj(hidden)
-        encoded = EncodedReference(padded, embeds, self.blank_embedding(), padded_masks)
-        self._done_with(self.models.image_encoder)
+        with self._running_once(self.models.image_encoder):
+            hidden = self.models.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+            embeds = self.models.image_proj(hidden)
+            encoded = EncodedReference(padded, embeds, self.blank_embedding(), padded_masks)
         encoded.posteriors[self.working_size] = self._posterior(padded, self.working_size)
         return encoded
 
@@ -241,8 +247,8 @@ class MimicBrushPipeline:
         """The conditioning of an edit with no reference: the model's unconditional branch alone
         (all-zero CLIP input, no reference attention, no guidance), which training's reference
         dropout teaches. It makes MimicBrush a plain inpainter: a baseline, not an edit mode."""
-        embeds = self.blank_embedding()
-        self._done_with(self.models.image_encoder)
+        with self._running_once(self.models.image_encoder):
+            embeds = self.blank_embedding()
         return EncodedReference([], embeds, embeds, imitates=False)
 
     @torch.inference_mode()
@@ -273,11 +279,11 @@ class MimicBrushPipeline:
             return self._blank_depth
         if self.models.depth_model is None:
             raise ModelFileError("No depth model is loaded. " + DEPTH_MODEL_HINT)
-        if source is None:
-            self._blank_depth = depth = blank_depth_map(self.models.depth_model)
-        else:
-            depth = square_depth_map(self.models.depth_model, pre.image_to_uint8(source, "source image"))
-        self._done_with(self.models.depth_model)
+        with self._running_once(self.models.depth_model):
+            if source is None:
+                self._blank_depth = depth = blank_depth_map(self.models.depth_model)
+            else:
+                depth = square_depth_map(self.models.depth_model, pre.image_to_uint8(source, "source image"))
         return depth
 
     def edit_options(self, sampling: SamplingOptions | None = None, regions: RegionOptions | None = None,
