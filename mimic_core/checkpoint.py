@@ -137,6 +137,8 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
                        dtype: torch.dtype | None = None) -> Path:
     """Write ``source`` (``.bin`` or ``.safetensors``) as a self-describing ``.safetensors``.
 
+    The parts are first checked against their configs as loading checks them, so that another
+    model's file is refused here rather than written out as gigabytes that fail only when loaded.
     The target is written next to its final name and renamed into place only when complete, so
     an interrupted conversion never leaves a half-written file under the real name. Refuses to
     overwrite the source. ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors.
@@ -153,6 +155,7 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise ModelFileError("The converted file must not replace its source; choose another name.")
     checkpoint = read_checkpoint(source, config_dir)
+    _refuse_what_would_not_load(checkpoint)
     flat = {}
     for part in PARTS:
         for key, tensor in checkpoint.state_dicts[part].items():
@@ -173,3 +176,13 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def _refuse_what_would_not_load(checkpoint: MimicBrushCheckpoint) -> None:
+    """Build the five networks from ``checkpoint`` as the loader does, raising its own refusal (the part,
+    its missing, unexpected and misshapen keys, what the weights probably are, the fix). The networks are
+    made on the meta device and take the file's tensors by assignment, so the file's weights are neither
+    copied nor read here; only the few the authors' reference U-Net lacks are made, as zeros."""
+    from .components import build_components  # deferred: components builds on this module's checkpoint type
+
+    build_components(checkpoint)

@@ -18,6 +18,18 @@ from .errors import ModelFileError
 
 DEPTH_GUIDER_INPUT_SIZE = 512
 
+KNOWN_UNETS = {
+    (4, 768): "a Stable Diffusion 1.x U-Net", (9, 768): "an SD 1.x inpainting U-Net",
+    (4, 1024): "an SD 2.x U-Net", (9, 1024): "an SD 2.x inpainting U-Net",
+    (4, 2048): "an SDXL U-Net", (9, 2048): "an SDXL inpainting U-Net",
+    (13, 768): "MimicBrush's imitative U-Net",
+}
+"""Well-known U-Nets by (input channels, cross-attention width): what a misfit U-Net part probably is."""
+
+OTHER_MODEL_FIX = ("Give the MimicBrush checkpoint (xichenhku/MimicBrush on Hugging Face), or, for a MimicBrush of "
+                   "another architecture, convert it with 'python -m mimic_core convert --config-dir DIR' giving its "
+                   "<part>_config.json files.")
+
 
 class ImageProjection(nn.Module):
     """Maps CLIP penultimate hidden states to the U-Nets' cross-attention width (no token pooling)."""
@@ -70,26 +82,59 @@ def _assign_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor], n
     unexpected = sorted(set(state_dict) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
     if missing or unexpected or wrong_shape:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong_shape:
-            key = wrong_shape[0]
-            details.append(f"{len(wrong_shape)} of another shape (e.g. {key}: file "
-                           f"{tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)})")
-        raise ModelFileError(
-            f"The '{name}' weights do not fit its architecture: {'; '.join(details)} keys. The file is "
-            "not the released MimicBrush checkpoint, or its configs are wrong: convert it with "
-            "'python -m mimic_core convert --config-dir DIR' giving <part>_config.json files."
-        )
+        raise ModelFileError(f"The '{name}' weights do not fit its architecture: "
+                             f"{_misfit_details(expected, state_dict, missing, unexpected, wrong_shape)}. "
+                             f"{_what_the_weights_are(expected, state_dict, unexpected, wrong_shape)}")
     full = dict(state_dict)
     for key in set(expected) - set(state_dict):
         full[key] = torch.zeros(expected[key].shape, dtype=expected[key].dtype)
     module.load_state_dict(full, strict=True, assign=True)
     _materialise_derived_buffers(module, name)
     return module.eval().requires_grad_(False)
+
+
+def _keys(count: int) -> str:
+    return "key" if count == 1 else "keys"
+
+
+def _misfit_details(expected: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], missing: list[str],
+                    unexpected: list[str], wrong_shape: list[str]) -> str:
+    """How many keys are missing, unexpected or of another shape, with the first few of each."""
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing {_keys(len(missing))} (e.g. {missing[:3]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected {_keys(len(unexpected))} (e.g. {unexpected[:3]})")
+    if wrong_shape:
+        shapes = " and ".join(f"{key}: file {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
+                              for key in wrong_shape[:2])
+        details.append(f"{len(wrong_shape)} {_keys(len(wrong_shape))} of another shape (e.g. {shapes})")
+    return "; ".join(details)
+
+
+def _unet_signature(state_dict: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """(input channels, cross-attention width) of a diffusers U-Net's tensors; None for another network."""
+    conv_in = state_dict.get("conv_in.weight")
+    to_k = next((tensor for key, tensor in state_dict.items() if key.endswith("attn2.to_k.weight")), None)
+    if conv_in is None or to_k is None or conv_in.ndim != 4 or to_k.ndim != 2:
+        return None
+    return conv_in.shape[1], to_k.shape[1]
+
+
+def _what_the_weights_are(expected: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor],
+                          unexpected: list[str], wrong_shape: list[str]) -> str:
+    """A guess at what the misfit weights are, from how they differ, and the fix that goes with it:
+    a U-Net of other inputs or conditioning (an inpainting or SDXL U-Net), a part cut short (every
+    tensor it holds fits), or another model or architecture."""
+    found, built = _unet_signature(state_dict), _unet_signature(expected)
+    if found is not None and built is not None and found != built:
+        kind = f" ({KNOWN_UNETS[found]})" if found in KNOWN_UNETS else ""
+        return (f"They are a U-Net of {found[0]} input channels and cross-attention width {found[1]}{kind}, where "
+                f"this architecture takes {built[0]} and {built[1]}. {OTHER_MODEL_FIX}")
+    if not unexpected and not wrong_shape:
+        return ("Every tensor they hold fits, so the file is probably cut short (a partial or interrupted save): "
+                "download or export it again.")
+    return f"The file is another model, or a MimicBrush of another architecture. {OTHER_MODEL_FIX}"
 
 
 def _materialise_derived_buffers(module: nn.Module, name: str) -> None:

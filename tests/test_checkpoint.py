@@ -80,6 +80,67 @@ def test_without_configs_the_released_architecture_is_assumed(fixture_dir):
         build_components(checkpoint)
 
 
+def _unet_of_the_fixture_but(fixture_dir, **changes) -> dict[str, torch.Tensor]:
+    """The tensors of a tiny U-Net built from the fixture's config with ``changes``: another kind of U-Net."""
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads((fixture_dir / "unet_config.json").read_text()) | changes
+    return UNet2DConditionModel.from_config(config).state_dict()
+
+
+def _with_unet(fixture_dir, tmp_path, unet: dict[str, torch.Tensor]):
+    """The tiny checkpoint as an authors' .bin whose imitative U-Net is ``unet``."""
+    parts = torch.load(fixture_dir / "mimicbrush_tiny.bin", weights_only=True)
+    torch.save(parts | {"unet": unet}, tmp_path / "other.bin")
+    return tmp_path / "other.bin"
+
+
+@pytest.mark.parametrize("given, unet, answer", [
+    ("a U-Net of 9 input channels", lambda fixture: _unet_of_the_fixture_but(fixture, in_channels=9),
+     r"1 key of another shape \(e\.g\. conv_in\.weight: file \(8, 9, 3, 3\), model \(8, 13, 3, 3\)\)\. "
+     r"They are a U-Net of 9 input channels and cross-attention width 32, where this architecture takes 13 and 32"),
+    ("a plain SD U-Net (4 input channels)", lambda fixture: _unet_of_the_fixture_but(fixture, in_channels=4),
+     "They are a U-Net of 4 input channels"),
+    ("an SDXL U-Net", lambda fixture: _unet_of_the_fixture_but(
+        fixture, in_channels=4, cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=64),
+     r"unexpected keys \(e\.g\. \['add_embedding.*width 2048 \(an SDXL U-Net\)"),
+    ("a U-Net cut short (half its keys)",
+     lambda fixture: dict(list(read_checkpoint(fixture / "mimicbrush_tiny.bin").state_dicts["unet"].items())[::2]),
+     r"missing keys \(e\.g\. .*probably cut short .*download or export it again"),
+])
+def test_conversion_refuses_weights_the_configs_do_not_build_with_the_loader_s_words_and_writes_nothing(
+        fixture_dir, tmp_path, given, unet, answer):
+    """A file of another model was written out whole and failed only when loaded; convert now refuses it
+    first, by the loader's own check (the same message), before any folder or file is made."""
+    source = _with_unet(fixture_dir, tmp_path, unet(fixture_dir))
+    with pytest.raises(ModelFileError) as at_load:
+        build_components(read_checkpoint(source, fixture_dir))
+    target = tmp_path / "converted" / "mimicbrush.safetensors"
+    with pytest.raises(ModelFileError, match=answer) as at_convert:
+        convert_checkpoint(source, target, fixture_dir)
+    message = str(at_convert.value)
+    assert message == str(at_load.value)
+    assert message.startswith("The 'unet' weights do not fit its architecture: ") and "\n" not in message
+    assert not target.parent.exists()
+
+
+def test_the_convert_command_refuses_weights_the_released_configs_do_not_build_in_one_line(fixture_dir, tmp_path,
+                                                                                            capsys, monkeypatch):
+    """The tiny weights without their configs: the released architecture is assumed and does not fit."""
+    from mimic_core.cli import main
+    from mimic_core.command_options import CONFIG_DIR_ENV
+
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
+    target = tmp_path / "models" / "mimicbrush.safetensors"
+    status = main(["convert", str(fixture_dir / "mimicbrush_tiny.bin"), str(target)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and sum("error:" in line for line in lines) == 1, lines
+    assert lines[-1].startswith("error: The 'unet' weights do not fit its architecture: 685 keys of another shape")
+    assert "where this architecture takes 13 and 768" in lines[-1] and "--config-dir DIR" in lines[-1]
+    assert not target.parent.exists()
+
+
 def test_released_unet_architectures_have_sd15_sizes():
     with torch.device("meta"):
         from diffusers import UNet2DConditionModel
