@@ -189,7 +189,7 @@ FIXED_PARTS = ("VAE encode", "VAE decode", "image encoder", "depth model")
 def time_fixed_parts(models) -> tuple[dict[str, list[float]], list]:
     """Seconds of each call of each :data:`FIXED_PARTS` network, filled as the edit runs, and the
     hooks to remove. The VAE's ``encode``/``decode`` are wrapped on the instance for good (they are
-    methods, not its forward; a measuring child runs one edit); the two encoders are timed by
+    methods, not its forward; a measuring child keeps them for its one or two edits); the two encoders are timed by
     forward hooks."""
     spent: dict[str, list[float]] = {part: [] for part in FIXED_PARTS}
     vae = models.vae

@@ -132,8 +132,9 @@ def _what_the_weights_are(expected: dict[str, torch.Tensor], state_dict: dict[st
         return (f"They are a U-Net of {found[0]} input channels and cross-attention width {found[1]}{kind}, where "
                 f"this architecture takes {built[0]} and {built[1]}. {OTHER_MODEL_FIX}")
     if not unexpected and not wrong_shape:
-        return ("Every tensor they hold fits, so the file is probably cut short (a partial or interrupted save): "
-                "download or export it again.")
+        return ("Every tensor they hold fits, so the file is probably cut short (a partial or interrupted save: "
+                "download or export it again), or the configs describe a larger architecture than the file's. "
+                + OTHER_MODEL_FIX)
     return f"The file is another model, or a MimicBrush of another architecture. {OTHER_MODEL_FIX}"
 
 

@@ -12,7 +12,6 @@ blended into the source with a feathered mask.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
@@ -166,8 +165,10 @@ class MimicBrushPipeline:
     context), kept while the image encoder's and projection's weights stay what and where they were.
 
     ``release_encoders``: as the image encoder embeds a reference and the depth model estimates a
-    depth, give back the memory their memory-mapped weights hold on the CPU, layer by layer
-    (:func:`~mimic_core.files.mapped_pages_released_as_used`; they are read in again when next used).
+    depth, give back the memory their weights hold on the CPU where they are mapped from a
+    ``.safetensors`` file, layer by layer (:func:`~mimic_core.files.mapped_pages_released_as_used`;
+    they are read in again when next used). The depth model's usual files (the authors' ``.pth``, a
+    transformers folder) are read otherwise, and keep their memory.
     For callers that own the models (the CLI); a host that manages model memory itself, as
     ComfyUI does, leaves it off.
     """
@@ -235,10 +236,11 @@ class MimicBrushPipeline:
         seen = padded if padded_masks is None else [
             np.where(mask[..., None] > 0, image, np.uint8(255)) for image, mask in zip(padded, padded_masks)]
         pixels = self._to_model(torch.cat([pre.clip_pixels(image) for image in seen]))
+        blank = self.blank_embedding()  # first, so that only the last pass gives the weights back
         with self._running_once(self.models.image_encoder):
             hidden = self.models.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
             embeds = self.models.image_proj(hidden)
-            encoded = EncodedReference(padded, embeds, self.blank_embedding(), padded_masks)
+        encoded = EncodedReference(padded, embeds, blank, padded_masks)
         encoded.posteriors[self.working_size] = self._posterior(padded, self.working_size)
         return encoded
 

@@ -110,7 +110,8 @@ class PackedWeight:
 
 
 FLOAT32_PACKED_BELOW_SIDE = 32
-"""In float32 a convolution runs packed only on inputs smaller than this on a side. Above, the stock
+"""In float32 a convolution first packs its weight on an input smaller than this on a side (and
+then stays packed: :meth:`PrepackedConv2d._packable`). Above, the stock
 call measured as fast or faster on a 2-core AVX512 CPU at SD-1.5 size: the U-Nets' 1x1 convolutions
 at 64x64 and 32x32 latents, their input and output layers and their stride-2 convolutions there
 (a 320->960 1x1 convolution at 64x64, batch 2: 26 ms stock, 38 ms packed; the 3x3 ones of that size
@@ -125,7 +126,9 @@ class PrepackedConv2d(PackedWeight, nn.Conv2d):
     input_dims = 4
 
     def _packable(self, input: torch.Tensor) -> bool:
-        return super()._packable(input) and (input.dtype is not torch.float32
+        """Once packed, a layer stays on its packed weight at every size: the plain weight's pages
+        were given back, and reading them in again would hold both copies."""
+        return super()._packable(input) and (input.dtype is not torch.float32 or self._packed is not None
                                              or min(input.shape[-2:]) < FLOAT32_PACKED_BELOW_SIDE)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -262,7 +262,7 @@ def test_a_bf16_linear_takes_the_stock_path():
 
 def test_float32_convolutions_pack_only_below_the_size_where_packing_gains():
     """In float32, inputs of 32 or more on a side run the stock convolution (no packed weight is
-    made; the function is the same), smaller ones the packed weight; bf16 packs at any size."""
+    made; the function is the same) until a smaller one has made the packed weight; bf16 packs at any size."""
     stock, packed = _pair(8, 8, 1, 1, 0)
     large, small = torch.randn(2, 8, FLOAT32_PACKED_BELOW_SIDE, 40), torch.randn(2, 8, 40, FLOAT32_PACKED_BELOW_SIDE - 1)
     with torch.inference_mode():
@@ -270,6 +270,10 @@ def test_float32_convolutions_pack_only_below_the_size_where_packing_gains():
         assert packed._packed is None
         torch.testing.assert_close(packed(small), stock(small), rtol=1e-5, atol=1e-5)
         assert packed._packed is not None
+        kept = packed._packed
+        # once packed it stays packed at every size: the plain weight's pages were given back
+        torch.testing.assert_close(packed(large), stock(large), rtol=1e-5, atol=1e-5)
+        assert packed._packed is kept
         if packs_dtype(torch.bfloat16):
             packed_bf16 = copy.deepcopy(stock).bfloat16()
             prepack_convolutions(packed_bf16)

@@ -106,10 +106,13 @@ class OutputFolder:
         benchmark or of --results would be refused it. A record that another process wrote since
         the claim is checked as the claim checks it.
         """
-        if self.record_path.is_file():
-            self._check_record()
-        else:
-            self.record_path.write_text(json.dumps(self.record, indent=2) + "\n", encoding="utf-8")
+        if not self.record_path.is_file():
+            # written whole under another name and renamed into place, so that a shard that finds the
+            # record never reads it half-written; read back below, as another run's may have won
+            written = self.record_path.with_name(f".{RUN_RECORD}.{os.getpid()}")
+            written.write_text(json.dumps(self.record, indent=2) + "\n", encoding="utf-8")
+            os.replace(written, self.record_path)
+        self._check_record()
 
     def _check_record(self) -> None:
         """Refuse the folder unless its ``run.json`` names this run's benchmark and results folder."""
