@@ -53,3 +53,9 @@ def demo_paste_back(square_result: np.ndarray, source: np.ndarray, mask: np.ndar
     resized = cv2.resize(square_result, (side, side), interpolation=cv2.INTER_LINEAR)[top:top + height, left:left + width]
     alpha = feathered_alpha(mask)
     return (resized * alpha + source * (1.0 - alpha)).astype(np.uint8)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (VmRSS), in bytes."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024

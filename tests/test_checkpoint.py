@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from mimic_core.checkpoint import PARTS, convert_checkpoint, default_config, read_checkpoint
 from mimic_core.components import build_components, build_unet
 from mimic_core.errors import ModelFileError
+from tests.support import resident_bytes
 
 
 def _equal_state_dicts(a, b):
@@ -290,11 +291,6 @@ def test_a_malformed_safetensors_header_is_reported(tmp_path):
         read_checkpoint(bad)
 
 
-def _resident_bytes() -> int:
-    status = open("/proc/self/status").read()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise page release is Linux-only")
 def test_released_weights_leave_resident_memory_and_read_back_unchanged(tmp_path):
     from mimic_core.files import load_safetensors, release_mapped_pages
@@ -302,12 +298,12 @@ def test_released_weights_leave_resident_memory_and_read_back_unchanged(tmp_path
     weight = torch.arange(16 * 2**20, dtype=torch.float32)  # 64 MiB
     save_file({"weight": weight, "bias": torch.ones(3)}, str(tmp_path / "model.safetensors"))
     tensors, _ = load_safetensors(tmp_path / "model.safetensors")
-    before = _resident_bytes()
+    before = resident_bytes()
     assert torch.equal(tensors["weight"], weight)  # reading maps every page in
-    touched = _resident_bytes()
+    touched = resident_bytes()
     assert touched - before > 48 * 2**20
     assert release_mapped_pages(tensors.values()) > 60 * 2**20
-    assert touched - _resident_bytes() > 48 * 2**20
+    assert touched - resident_bytes() > 48 * 2**20
     assert torch.equal(tensors["weight"], weight)  # and reading again brings the file's values back
     assert release_mapped_pages([tensors["weight"].clone(), torch.ones(2**20)]) == 0  # not file-backed: untouched
 

@@ -10,13 +10,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mimic_core.files import load_safetensors, mapped_pages_released_as_used
+from tests.support import resident_bytes
 
 LAYER_BYTES = 2048 * 2048 * 4
-
-
-def _resident_bytes() -> int:
-    status = open("/proc/self/status").read()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise page release is Linux-only")
@@ -27,15 +23,15 @@ def test_each_layer_gives_its_mapped_weights_back_once_it_has_run(tmp_path):
     tensors, _ = load_safetensors(tmp_path / "layers.safetensors")
     layers.load_state_dict(tensors, assign=True)
     before_last = []
-    layers[-1].register_forward_pre_hook(lambda *args: before_last.append(_resident_bytes()))
+    layers[-1].register_forward_pre_hook(lambda *args: before_last.append(resident_bytes()))
     x = torch.randn(4, 2048)
     with torch.inference_mode():
         expected = layers(x)  # every weight paged in
-        all_resident = _resident_bytes()
+        all_resident = resident_bytes()
         before_last.clear()
         with mapped_pages_released_as_used(layers):
             result = layers(x)
-        after = _resident_bytes()
+        after = resident_bytes()
         assert torch.equal(result, expected)
         # the first five layers gave theirs back before the last one ran, and the last one at the end
         assert all_resident - before_last[0] > 4 * LAYER_BYTES
