@@ -90,6 +90,12 @@ def reference_block_names(unet: UNet2DConditionModel) -> list[str]:
     return [name for _, name in sorted(names, key=lambda item: -item[0])]
 
 
+def last_recorded_block(unet: UNet2DConditionModel) -> str:
+    """Path of the reference U-Net's last transformer block to run whose self-attention input is
+    recorded: its forward pass stops there (:class:`ReferenceFeaturesComplete`)."""
+    return _blocks_in_execution_order(unet)[-1]
+
+
 def _blocks_in_execution_order(unet: UNet2DConditionModel) -> list[str]:
     names = []
     for prefix in ("mid_block", "up_blocks"):
@@ -320,5 +326,5 @@ def install_reference_attention(reference_unet: UNet2DConditionModel,
         own_width = imitative_unet.get_submodule(name).attn1.to_q.in_features
         if ref_width != own_width:
             raise MimicBrushError(f"Block '{name}' is {ref_width} wide in the reference U-Net, {own_width} here.")
-    bank = ReferenceBank(final_block=_blocks_in_execution_order(reference_unet)[-1])
+    bank = ReferenceBank(final_block=last_recorded_block(reference_unet))
     return ReferenceAttentionHandle(reference_unet, imitative_unet, bank, names)

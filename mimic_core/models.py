@@ -16,8 +16,10 @@ from .depth import load_depth_model
 from .feed_forward import chunk_feed_forwards
 from .files import release_mapped_pages
 from .prepacked import prepack_convolutions, prepack_linears
+from .preprocess import WORKING_SIZE
 from .resnet_blocks import in_place_resnet_blocks
 from .vae import load_vae
+from .weight_packing import pack_for_working_size
 from .winograd import winograd_convolutions
 
 
@@ -45,7 +47,7 @@ class MimicBrushModels:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def use_inference_layers(self) -> "MimicBrushModels":
+    def use_inference_layers(self, working_size: int | None = None) -> "MimicBrushModels":
         """Give the U-Nets and the VAE layers that compute the same function faster in CPU
         inference: in the U-Nets, convolutions and linear layers on weights packed once for oneDNN
         (:mod:`mimic_core.prepacked`; convolutions 1.5-2.6x faster at the low resolutions) and
@@ -61,7 +63,11 @@ class MimicBrushModels:
         little, and a packed convolution returns channels-last activations, on which the CPU's
         GroupNorm rounds differently; that moves the VAE encoder's latents from the authors' by up
         to 4e-3 on the golden fixture, 40 times its stage tolerance, where the U-Nets stay within
-        theirs. A Winograd convolution returns the stock layout."""
+        theirs. A Winograd convolution returns the stock layout.
+
+        With a ``working_size`` the U-Nets' packed layers pack their weights now, side by side, for
+        an edit at that size (:func:`~mimic_core.weight_packing.pack_for_working_size`), instead of
+        one after another in the first edit's first step."""
         for module in (self.unet, self.referencenet):
             prepack_convolutions(module)
             prepack_linears(module)
@@ -69,6 +75,8 @@ class MimicBrushModels:
         for module in (self.unet, self.referencenet, self.vae):
             winograd_convolutions(module)
         in_place_resnet_blocks(self.vae)
+        if working_size is not None:
+            pack_for_working_size(self, working_size)
         return self
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
@@ -97,7 +105,8 @@ def _own_tensors(layer: nn.Module) -> list[torch.Tensor]:
 
 def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,
                 config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", inference_layers: bool = True) -> MimicBrushModels:
+                device: torch.device | str = "cpu", inference_layers: bool = True,
+                working_size: int | None = WORKING_SIZE) -> MimicBrushModels:
     """Load MimicBrush from the released files (or their conversions).
 
     ``checkpoint`` is ``mimicbrush.bin`` or its converted ``.safetensors``; ``vae`` the SD VAE (a
@@ -106,7 +115,8 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
     With ``inference_layers`` the U-Nets and the VAE get layers that compute the same function
     faster in CPU inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the
-    stock ones.
+    stock ones. Their packed weights are made while loading, for edits at ``working_size`` (on the
+    CPU; None: each layer packs at its first call, as it does at another size).
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
@@ -115,5 +125,5 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
     ).to(device=device, dtype=dtype)
-    return models.use_inference_layers() if inference_layers else models
+    return models.use_inference_layers(working_size) if inference_layers else models
 

@@ -12,9 +12,10 @@ AVX512 CPU a packed 1280->10240 layer on 256 rows took 31 ms against 45 ms, a 64
 and :func:`prepack_linears` its ``nn.Linear`` layers into :class:`PrepackedLinear`: same
 parameters, same state dict, same function. The packed weight is made at the first forward
 that can use it (a float32 input on the CPU, for convolutions one below 32x32, where packing gains;
-or for convolutions a bf16 one on a CPU that computes bf16 natively; autograd not recording) and made again when the
-weight has been replaced, moved or cast, or changed in place since; any other call runs the stock
-forward. Writes that bypass the version counter (through ``.data``, or to a weight created in
+or for convolutions a bf16 one on a CPU that computes bf16 natively; autograd not recording), or
+before it by :meth:`PackedWeight.pack_for` (the loader so packs the U-Nets' layers side by side:
+:mod:`mimic_core.weight_packing`), and made again when the weight has been replaced, moved or cast,
+or changed in place since; any other call runs the stock forward. Writes that bypass the version counter (through ``.data``, or to a weight created in
 inference mode, which has none) are not seen: after such a write, call
 :func:`prepack_convolutions` (or :func:`prepack_linears`) again (a ``.to()`` that really moves or
 casts also drops the packing). ComfyUI patches weights by assigning new tensors.
@@ -75,22 +76,39 @@ class PackedWeight:
     in place, so its mapped pages still equal the file's and may be given back."""
     input_dims: int | None = None
 
-    def _pack(self, input: torch.Tensor) -> torch.Tensor:
+    def _pack(self, shape: torch.Size) -> torch.Tensor:
         raise NotImplementedError
 
     def _packs(self, dtype: torch.dtype) -> bool:
         return packs_dtype(dtype)
 
-    def _packable(self, input: torch.Tensor) -> bool:
-        """Whether the packed call serves: CPU inference (:func:`cpu_inference_call`) in a dtype
-        that this kind of layer packs in (:meth:`_packs`)."""
-        return ((self.input_dims is None or input.dim() == self.input_dims)
-                and cpu_inference_call(self, input) and self._packs(input.dtype))
+    def _packs_input(self, shape: torch.Size, dtype: torch.dtype) -> bool:
+        """Whether an input of this shape and dtype runs packed, given CPU inference: one this kind
+        of layer takes (:attr:`input_dims`) in a dtype it packs in (:meth:`_packs`)."""
+        return (self.input_dims is None or len(shape) == self.input_dims) and self._packs(dtype)
 
-    def _packed_weight(self, input: torch.Tensor) -> torch.Tensor:
+    def _packable(self, input: torch.Tensor) -> bool:
+        """Whether the packed call serves: CPU inference (:func:`cpu_inference_call`) on an input
+        that :meth:`_packs_input`."""
+        return self._packs_input(input.shape, input.dtype) and cpu_inference_call(self, input)
+
+    def pack_for(self, shape: torch.Size | tuple[int, ...]) -> bool:
+        """Pack the weight now, for inputs of ``shape`` in the weight's dtype, where such a call in CPU
+        inference runs packed (as its first call would); returns whether it does. Layers can so be
+        packed side by side before they are first called (:mod:`mimic_core.weight_packing`)."""
+        on_cpu = all(t.device.type == "cpu" and t.dtype == self.weight.dtype
+                     for t in (self.weight, self.bias) if t is not None)
+        if not (on_cpu and self._packs_input(torch.Size(shape), self.weight.dtype)):
+            return False
+        self._packed_weight(torch.Size(shape))
+        return True
+
+    def _packed_weight(self, shape: torch.Size) -> torch.Tensor:
+        """The packed weight, made for an input of ``shape`` (oneDNN's hint for its layout) unless
+        the one made before still holds."""
         source = (tensor_state(self.weight), tensor_state(self.bias))
         if self._packed is None or self._packed[1] != source:
-            self._packed = (self._pack(input), source)
+            self._packed = (self._pack(shape), source)
             if source[0] == self._as_converted:
                 release_mapped_pages([self.weight])
         return self._packed[0]
@@ -125,23 +143,22 @@ class PrepackedConv2d(PackedWeight, nn.Conv2d):
 
     input_dims = 4
 
-    def _packable(self, input: torch.Tensor) -> bool:
+    def _packs_input(self, shape: torch.Size, dtype: torch.dtype) -> bool:
         """Once packed, a layer stays on its packed weight at every size: the plain weight's pages
         were given back, and reading them in again would hold both copies."""
-        return super()._packable(input) and (input.dtype is not torch.float32 or self._packed is not None
-                                             or min(input.shape[-2:]) < FLOAT32_PACKED_BELOW_SIDE)
+        return super()._packs_input(shape, dtype) and (dtype is not torch.float32 or self._packed is not None
+                                                       or min(shape[-2:]) < FLOAT32_PACKED_BELOW_SIDE)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._packable(input):
             return super().forward(input)
         return torch.ops.mkldnn._convolution_pointwise(
-            input, self._packed_weight(input), self.bias, list(self.padding), list(self.stride), list(self.dilation),
+            input, self._packed_weight(input.shape), self.bias, list(self.padding), list(self.stride), list(self.dilation),
             self.groups, "none", [], "")
 
-    def _pack(self, input: torch.Tensor) -> torch.Tensor:
+    def _pack(self, shape: torch.Size) -> torch.Tensor:
         return torch.ops.mkldnn._reorder_convolution_weight(
-            self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            list(input.shape))
+            self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups, list(shape))
 
 
 class PrepackedLinear(PackedWeight, nn.Linear):
@@ -155,11 +172,11 @@ class PrepackedLinear(PackedWeight, nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._packable(input):
             return super().forward(input)
-        return torch.ops.mkldnn._linear_pointwise(input, self._packed_weight(input), self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(input, self._packed_weight(input.shape), self.bias, "none", [], "")
 
-    def _pack(self, input: torch.Tensor) -> torch.Tensor:
-        # the rows of the first call are oneDNN's hint for the layout; any number of rows runs on it
-        return torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), input.shape[:-1].numel())
+    def _pack(self, shape: torch.Size) -> torch.Tensor:
+        # the rows of the input it is packed for are oneDNN's hint for the layout; any number of rows runs on it
+        return torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), shape[:-1].numel())
 
 
 def prepacks(module: nn.Module) -> bool:

@@ -1,0 +1,89 @@
+"""The U-Nets' weights packed while loading, side by side, for the edits' working size.
+
+A packed layer (:mod:`mimic_core.prepacked`) packs its weight at its first call, which is inside
+the first sampling step of the first edit: layer after layer, each by oneDNN's reorder on one
+thread while the CPU's other cores wait. Which layers pack, and for what input, follows from the
+U-Nets' configs and the working size alone. So a forward of each U-Net's architecture on the meta
+device (shapes only: no weights, no arithmetic, a fraction of a second) finds every layer's input
+as the edit gives it, and the layers are packed while loading, as many at a time as torch has
+threads. An edit at another working size packs what it finds unpacked at its first call, as before.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from .attention import last_recorded_block
+from .prepacked import PackedWeight
+
+if TYPE_CHECKING:
+    from .models import MimicBrushModels
+
+
+class _PassEnds(Exception):
+    """Ends a meta pass where the real one stops."""
+
+
+def layer_input_shapes(unet: UNet2DConditionModel, sample_shape: tuple[int, ...], context_shape: tuple[int, ...],
+                       stop_at: str | None = None) -> dict[str, torch.Size]:
+    """The input shape of each convolution and linear layer that a forward of ``unet`` on a sample
+    of ``sample_shape`` and a context of ``context_shape`` calls, by module path. The forward runs on
+    a copy of its architecture on the meta device; with ``stop_at``, it ends when that module is
+    called, as the reference U-Net's ends in its last recorded block."""
+    with torch.device("meta"):
+        skeleton = UNet2DConditionModel.from_config(unet.config)
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str, args: tuple) -> None:
+        shapes.setdefault(name, args[0].shape)
+
+    for name, module in skeleton.named_modules():
+        if type(module) in (nn.Conv2d, nn.Linear):
+            module.register_forward_pre_hook(lambda module, args, _name=name: record(_name, args))
+    if stop_at is not None:
+        skeleton.get_submodule(stop_at).register_forward_pre_hook(lambda *args: _raise_pass_ends())
+    sample = torch.empty(sample_shape, device="meta")
+    context = torch.empty(context_shape, device="meta")
+    try:
+        skeleton(sample, torch.zeros((), device="meta"), encoder_hidden_states=context)
+    except _PassEnds:
+        pass
+    return shapes
+
+
+def _raise_pass_ends() -> None:
+    raise _PassEnds
+
+
+def edit_input_shapes(models: MimicBrushModels, working_size: int) -> list[tuple[nn.Module, torch.Size]]:
+    """Each U-Net layer an exact edit at ``working_size`` calls, with its input's shape: the imitative
+    U-Net on guidance's two rows, the reference U-Net on one row up to the self-attention of its last
+    recorded block (:mod:`mimic_core.attention`), both with the image encoder's tokens as context."""
+    latent = working_size // 2 ** (len(models.vae.config.block_out_channels) - 1)
+    encoder = models.image_encoder.config
+    tokens = (encoder.image_size // encoder.patch_size) ** 2 + 1
+    calls = []
+    for unet, rows, stop_at in ((models.unet, 2, None),
+                                (models.referencenet, 1, last_recorded_block(models.referencenet) + ".attn1")):
+        shapes = layer_input_shapes(unet, (rows, unet.config.in_channels, latent, latent),
+                                    (rows, tokens, unet.config.cross_attention_dim), stop_at)
+        calls += [(unet.get_submodule(name), shape) for name, shape in shapes.items()]
+    return calls
+
+
+def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: int | None = None) -> int:
+    """Pack every U-Net weight that an exact edit at ``working_size`` runs packed, ``threads`` layers
+    at a time (default: torch's thread count), largest first; returns how many layers were packed.
+    Nothing packs off the CPU, and the meta pass is then skipped."""
+    if models.device.type != "cpu":
+        return 0
+    layers = [(layer, shape) for layer, shape in edit_input_shapes(models, working_size)
+              if isinstance(layer, PackedWeight)]
+    layers.sort(key=lambda call: -call[0].weight.numel())
+    with ThreadPoolExecutor(max_workers=threads or torch.get_num_threads()) as pool:
+        return sum(pool.map(lambda call: call[0].pack_for(call[1]), layers))

@@ -1,0 +1,98 @@
+"""The U-Nets' weights packed while loading: the layers and inputs a meta pass finds are those an
+edit calls, packing them at load leaves the first edit nothing to pack, and the edit is the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from mimic_core.attention import last_recorded_block
+from mimic_core.checkpoint import default_config
+from mimic_core.models import load_models
+from mimic_core.pipeline import MimicBrushPipeline
+from mimic_core.prepacked import FLOAT32_PACKED_BELOW_SIDE, PackedWeight, PrepackedConv2d, PrepackedLinear
+from mimic_core.weight_packing import layer_input_shapes
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
+
+
+def _load(fixture_dir, working_size):
+    return load_models(fixture_dir / "mimicbrush_tiny.bin", fixture_dir / "vae", fixture_dir / "depth_anything_tiny.pth",
+                       config_dir=fixture_dir, working_size=working_size)
+
+
+def _packed(models) -> dict[str, torch.Tensor]:
+    return {f"{part}.{name}": layer._packed[0] for part in ("unet", "referencenet")
+            for name, layer in getattr(models, part).named_modules()
+            if isinstance(layer, PackedWeight) and layer._packed is not None}
+
+
+def _edit(models, working_size):
+    torch.manual_seed(0)
+    source, reference = torch.rand(1, 96, 80, 3), torch.rand(1, 70, 50, 3)
+    mask = torch.zeros(96, 80)
+    mask[20:60, 24:64] = 1
+    return MimicBrushPipeline(models, working_size=working_size).edit(source, mask, reference, steps=2, seed=3)
+
+
+# 256: the tiny U-Nets' outermost level is 32x32, where float32 convolutions stay stock; 64: all below
+@pytest.mark.parametrize("working_size", [256, 64])
+def test_packing_at_load_is_what_the_first_edit_would_pack(fixture_dir, working_size):
+    lazy = _load(fixture_dir, None)
+    assert not _packed(lazy)
+    lazy_result = _edit(lazy, working_size)
+    packed_by_edit = _packed(lazy)
+
+    loaded = _load(fixture_dir, working_size)
+    packed_at_load = _packed(loaded)
+    assert packed_at_load.keys() == packed_by_edit.keys()
+    if working_size == 256:  # some layers do stay stock, so the comparison is not of everything with everything
+        convolutions = [name for part in ("unet", "referencenet") for name, layer in getattr(loaded, part).named_modules()
+                        if isinstance(layer, PrepackedConv2d)]
+        assert 0 < len(set(convolutions) & {name.split(".", 1)[1] for name in packed_at_load}) < len(convolutions)
+    result = _edit(loaded, working_size)
+    after = _packed(loaded)
+    assert after.keys() == packed_at_load.keys()
+    assert all(after[name] is packed_at_load[name] for name in after)  # the edit packed nothing again
+    torch.testing.assert_close(result.latents, lazy_result.latents, rtol=0, atol=1e-5)
+
+
+def test_the_meta_pass_sees_the_released_u_nets_as_an_edit_at_512_runs_them():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(default_config("unet"))
+        reference = UNet2DConditionModel.from_config(default_config("referencenet"))
+    imitative = layer_input_shapes(unet, (2, 13, 64, 64), (2, 257, 768))
+    assert imitative["conv_in"] == (2, 13, 64, 64)
+    assert imitative["mid_block.resnets.0.conv1"] == (2, 1280, 8, 8)
+    assert imitative["up_blocks.1.resnets.0.conv1"] == (2, 2560, 16, 16)
+    assert imitative["up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k"] == (2, 257, 768)
+    assert imitative["conv_out"] == (2, 320, 64, 64)
+    assert {name for name, module in unet.named_modules() if type(module) in (torch.nn.Conv2d, torch.nn.Linear)} \
+        == imitative.keys()  # every layer runs; no other module is counted
+    # the reference U-Net stops at its last recorded block's self-attention, before its projections
+    last = last_recorded_block(reference)
+    assert last == "up_blocks.3.attentions.2.transformer_blocks.0"
+    referenced = layer_input_shapes(reference, (1, 4, 64, 64), (1, 257, 768), stop_at=last + ".attn1")
+    assert referenced["up_blocks.3.attentions.2.proj_in"] == (1, 320, 64, 64)  # SD-1.5: a 1x1 convolution
+    assert f"{last}.attn1.to_q" not in referenced and "conv_out" not in referenced
+    assert referenced["up_blocks.3.attentions.1.transformer_blocks.0.ff.net.2"] == (1, 4096, 1280)
+
+
+def test_a_layer_packs_ahead_only_for_an_input_its_call_would_pack():
+    convolution = torch.nn.Conv2d(8, 8, 3, padding=1)
+    convolution.__class__ = PrepackedConv2d
+    convolution._convert()
+    assert not convolution.pack_for((2, 8, FLOAT32_PACKED_BELOW_SIDE, FLOAT32_PACKED_BELOW_SIDE))  # float32 at 32: stock
+    assert convolution._packed is None
+    assert convolution.pack_for((2, 8, 16, 16))
+    packed = convolution._packed[0]
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(convolution(x), torch.nn.functional.conv2d(x, convolution.weight, convolution.bias, padding=1),
+                              atol=1e-5)
+    assert convolution._packed[0] is packed
+    half = torch.nn.Linear(8, 8).half()
+    half.__class__ = PrepackedLinear
+    half._convert()
+    assert not half.pack_for((4, 8)) and half._packed is None  # float16 does not pack
