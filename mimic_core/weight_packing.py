@@ -19,7 +19,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from .attention import last_recorded_block
-from .prepacked import PackedWeight
+from .prepacked import PackedWeight, packs_dtype
 
 if TYPE_CHECKING:
     from .models import MimicBrushModels
@@ -79,8 +79,8 @@ def edit_input_shapes(models: MimicBrushModels, working_size: int) -> list[tuple
 def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: int | None = None) -> int:
     """Pack every U-Net weight that an exact edit at ``working_size`` runs packed, ``threads`` layers
     at a time (default: torch's thread count), largest first; returns how many layers were packed.
-    Nothing packs off the CPU, and the meta pass is then skipped."""
-    if models.device.type != "cpu":
+    Nothing packs off the CPU or in a dtype no layer packs in, and the meta pass is then skipped."""
+    if models.device.type != "cpu" or not packs_dtype(models.dtype):
         return 0
     layers = [(layer, shape) for layer, shape in edit_input_shapes(models, working_size)
               if isinstance(layer, PackedWeight)]

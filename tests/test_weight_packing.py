@@ -12,7 +12,7 @@ from mimic_core.checkpoint import default_config
 from mimic_core.models import load_models
 from mimic_core.pipeline import MimicBrushPipeline
 from mimic_core.prepacked import FLOAT32_PACKED_BELOW_SIDE, PackedWeight, PrepackedConv2d, PrepackedLinear
-from mimic_core.weight_packing import layer_input_shapes
+from mimic_core.weight_packing import layer_input_shapes, pack_for_working_size
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -96,3 +96,10 @@ def test_a_layer_packs_ahead_only_for_an_input_its_call_would_pack():
     half.__class__ = PrepackedLinear
     half._convert()
     assert not half.pack_for((4, 8)) and half._packed is None  # float16 does not pack
+
+
+def test_nothing_packs_where_no_layer_would(fixture_dir):
+    half = load_models(fixture_dir / "mimicbrush_tiny.bin", fixture_dir / "vae", config_dir=fixture_dir,
+                       dtype=torch.float16, working_size=64)
+    assert not _packed(half)
+    assert pack_for_working_size(half, 64) == 0
