@@ -47,6 +47,10 @@ class MimicBrushModels:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def latent_size(self, working_size: int) -> int:
+        """The latents' side for images of ``working_size``: the VAE halves it at each of its levels but the last."""
+        return working_size // (2 ** (len(self.vae.config.block_out_channels) - 1))
+
     def use_inference_layers(self, working_size: int | None = None) -> "MimicBrushModels":
         """Give the U-Nets and the VAE layers that compute the same function faster in CPU
         inference: in the U-Nets, convolutions and linear layers on weights packed once for oneDNN

@@ -190,9 +190,6 @@ class MimicBrushPipeline:
             return mapped_pages_released_as_used(module)
         return contextlib.nullcontext()
 
-    def latent_size(self, working_size: int) -> int:
-        return working_size // (2 ** (len(self.models.vae.config.block_out_channels) - 1))
-
     @property
     def scaling_factor(self) -> float:
         return self.models.vae.config.scaling_factor
@@ -377,7 +374,7 @@ class MimicBrushPipeline:
         """One square (padded image or crop) through the model: final latents and the uint8 output."""
         device, dtype = self.models.device, self.models.dtype
         working_size = sampling.working_size
-        latent_size = self.latent_size(working_size)
+        latent_size = self.models.latent_size(working_size)
         collage = pre.make_collage(square_source, square_mask)
         mask_at_size = pre.binary_mask_at(square_mask, working_size)
         depth_feature = self.models.depth_guider(self._to_model(depth_map), size=working_size)

@@ -64,7 +64,7 @@ def edit_input_shapes(models: MimicBrushModels, working_size: int) -> list[tuple
     """Each U-Net layer an exact edit at ``working_size`` calls, with its input's shape: the imitative
     U-Net on guidance's two rows, the reference U-Net on one row up to the self-attention of its last
     recorded block (:mod:`mimic_core.attention`), both with the image encoder's tokens as context."""
-    latent = working_size // 2 ** (len(models.vae.config.block_out_channels) - 1)
+    latent = models.latent_size(working_size)
     encoder = models.image_encoder.config
     tokens = (encoder.image_size // encoder.patch_size) ** 2 + 1
     calls = []
