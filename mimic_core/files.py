@@ -53,13 +53,18 @@ def load_torch_pickle(path: str | Path) -> object:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never code.
 
     Zip-format files (what ``torch.save`` writes since torch 1.6) are memory-mapped, so a
-    multi-gigabyte checkpoint is not copied into memory before its tensors are used.
+    multi-gigabyte checkpoint is not copied into memory before its tensors are used; their
+    tensors' pages can be given back as a ``.safetensors`` file's are (:func:`release_mapped_pages`:
+    torch maps the file private, copy-on-write, as :func:`load_safetensors` does).
     """
     path = Path(path)
     try:
         refuse_text_in_place_of_model(path)
         mmap = zipfile.is_zipfile(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if mmap:
+            _register_mapped_storages(loaded)
+        return loaded
     except pickle.UnpicklingError as err:
         raise ModelFileError(
             f"'{path}' holds pickled objects other than tensors and plain containers, so it was "
@@ -150,7 +155,23 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 _MAPPED_STORAGES: weakref.WeakValueDictionary[int, torch.UntypedStorage] = weakref.WeakValueDictionary()
-"""The file mappings :func:`load_safetensors` made and that are still alive, by address."""
+"""The file mappings :func:`load_safetensors` made, and the storages of the tensors that
+:func:`load_torch_pickle` mapped, that are still alive, by address."""
+
+
+def _register_mapped_storages(loaded: object) -> None:
+    """Record the storage of every tensor in a memory-mapped ``torch.load`` result (dicts and lists
+    of them, as checkpoints hold), each a slice of torch's private mapping of the file."""
+    if isinstance(loaded, torch.Tensor):
+        storage = loaded.untyped_storage()
+        if storage.device.type == "cpu" and storage.nbytes():
+            _MAPPED_STORAGES[storage.data_ptr()] = storage
+    elif isinstance(loaded, dict):
+        for value in loaded.values():
+            _register_mapped_storages(value)
+    elif isinstance(loaded, (list, tuple)):
+        for value in loaded:
+            _register_mapped_storages(value)
 
 
 def release_mapped_pages(tensors: Iterable[torch.Tensor]) -> int:
