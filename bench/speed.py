@@ -13,11 +13,10 @@ The authors' order and exact mode run at the same time in two processes that tak
 step (:class:`Turns`: only one computes at a time), so that each pair of steps meets the same
 machine: this CPU's speed drifts by 10-20% over minutes, more than the difference being measured.
 Their outputs are checked to agree. The authors' order has read every weight before its edit, as
-their ``torch.load`` of the ``.bin`` has; ours has read and packed the U-Nets' weights while loading
-(:mod:`mimic_core.weight_packing`) and pages the others in from the mapped file as it uses them.
-Fast mode takes turns in the same way with an exact run of its own, against which its speed-up is
-reckoned; loading each file runs alone (:func:`measure_load`). fp32 on the CPU, 512². Prints one
-Markdown table. ``tiny`` does the same on
+their ``torch.load`` of the ``.bin`` has; ours pages its weights in from the mapped file as it uses
+them. Fast mode takes turns in the same way with an exact run of its
+own, against which its speed-up is reckoned; loading each file runs alone. fp32 on the CPU, 512².
+Prints one Markdown table. ``tiny`` does the same on
 the fixture's tiny architecture in seconds (a smoke test of this script, not a measurement).
 ``--options`` instead times each option beyond the authors (:data:`OPTION_MODES`) taking turns
 with a plain exact edit, and prints what it adds per step and per edit. ``--presets`` runs the
@@ -183,24 +182,25 @@ class Turns:
         print("step", flush=True)
 
 
-FIXED_PARTS = ("VAE encode", "VAE decode", "image encoder", "depth model")
-"""The networks an edit runs outside its sampling loop, each timed on its own (:func:`time_fixed_parts`)."""
+FIXED_PARTS = ("VAE encode", "VAE decode", "image encoder", "depth model", "packing the U-Nets' weights")
+"""What an edit runs outside its sampling loop, each timed on its own (:func:`time_fixed_parts`): the
+networks, and ours packing the U-Nets' weights before its first step (the first edit at a size only)."""
 
 
 def time_fixed_parts(models) -> tuple[dict[str, list[float]], list]:
-    """Seconds of each call of each :data:`FIXED_PARTS` network, filled as the edit runs, and the
-    hooks to remove. The VAE's ``encode``/``decode`` are wrapped on the instance for good (they are
-    methods, not its forward; a measuring child keeps them for its one or two edits); the two encoders are timed by
-    forward hooks."""
+    """Seconds of each call of each of the :data:`FIXED_PARTS`, filled as the edit runs, and the
+    hooks to remove. The VAE's ``encode``/``decode`` and the models' ``pack_for`` are wrapped on the
+    instance for good (they are methods, not a forward; a measuring child keeps them for its one or two
+    edits); the two encoders are timed by forward hooks."""
     spent: dict[str, list[float]] = {part: [] for part in FIXED_PARTS}
-    vae = models.vae
-    for part, method in (("VAE encode", "encode"), ("VAE decode", "decode")):
-        def timed(*args, _call=getattr(vae, method), _part=part, **kwargs):
+    for part, owner, method in (("VAE encode", models.vae, "encode"), ("VAE decode", models.vae, "decode"),
+                                ("packing the U-Nets' weights", models, "pack_for")):
+        def timed(*args, _call=getattr(owner, method), _part=part, **kwargs):
             started = time.perf_counter()
             result = _call(*args, **kwargs)
             spent[_part].append(time.perf_counter() - started)
             return result
-        setattr(vae, method, timed)
+        setattr(owner, method, timed)
     hooks = []
     # the bench always loads a depth model (shape control is on in every timed edit)
     for part, network in (("image encoder", models.image_encoder), ("depth model", models.depth_model)):
@@ -329,31 +329,22 @@ def take_turns(commands: list[list[str]]) -> list[dict]:
 
 LOADERS = {"authors": "bin", "bin": "bin", "safetensors": "safetensors"}
 """Load measurements, each naming the file it reads: the authors' way with the ``.bin``
-(:func:`bench.authors_order.load_like_authors`), the engine's loader on the ``.bin`` (memory-mapped
+(:func:`bench.authors_order.load_like_authors`), the engine's reader on the ``.bin`` (memory-mapped
 ``torch.load``) and on the converted ``.safetensors``."""
 
 
 def measure_load(files: dict, loader: str) -> dict:
-    """One load, then every weight read that is not yet in memory, as after the authors' ``torch.load``.
-    Ours is :func:`load_models` as the CLI calls it (without the depth model, which the authors' way
-    here leaves out too, but with the VAE, which it also leaves out): the five parts, the VAE, the
-    inference layers and the U-Nets' weights packed for 512²; the packed layers' plain weights are
-    not read again."""
     from bench.authors_order import load_like_authors
-    from mimic_core.prepacked import PackedWeight
+    from mimic_core.checkpoint import read_checkpoint
+    from mimic_core.components import build_components
 
     config_dir = Path(files["safetensors"]).parent / "configs"
     started = time.perf_counter()
     if loader == "authors":
-        networks = load_like_authors(files["bin"], config_dir).values()
+        components = load_like_authors(files["bin"], config_dir)
     else:
-        networks = load_models(files[LOADERS[loader]], files["vae"], config_dir=config_dir).modules().values()
-    for network in networks:
-        for layer in network.modules():
-            packed = isinstance(layer, PackedWeight) and layer._packed is not None
-            for name, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
-                if not (packed and name == "weight"):
-                    tensor.detach().sum()
+        components = build_components(read_checkpoint(files[LOADERS[loader]], config_dir))
+    read_every_weight(components.values())
     return {"mode": f"load {loader}", "total_s": time.perf_counter() - started,
             "peak_rss_gib": peak_resident_gib()}
 
@@ -479,8 +470,7 @@ def main() -> int:
         authors = rows["authors", cached]
         for loader, what in (("safetensors", "our .safetensors"), ("bin", "our reader on the .bin")):
             ours = rows[loader, cached]
-            print(f"| load, {state}: authors' .bin vs {what} (ours with the VAE, the U-Nets' weights packed), "
-                  "s / peak GiB | "
+            print(f"| load checkpoint, {state}: authors' .bin vs {what}, s / peak GiB | "
                   f"{authors['total_s']:.1f} / {authors['peak_rss_gib']:.2f} | "
                   f"{ours['total_s']:.1f} / {ours['peak_rss_gib']:.2f} | "
                   f"{ours['total_s'] / authors['total_s']:.2f} / {ours['peak_rss_gib'] / authors['peak_rss_gib']:.2f} |")
@@ -504,7 +494,7 @@ def print_exact_rows(a: dict, e: dict, relative: float, args) -> None:
     print(f"| s per DDIM step (steady: mean of steps 2-{args.steps}; each pair's ratio "
           f"{' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.3f}) | "
           f"{a['steady_step_s']:.2f} | {e['steady_step_s']:.2f} | {e['steady_step_s'] / a['steady_step_s']:.3f} |")
-    print(f"| fixed s per edit (VAE, depth, CLIP; both have their U-Nets' weights read, ours packed, while loading) | "
+    print(f"| fixed s per edit (VAE, depth, CLIP; ours pages in and packs the U-Nets' weights before its first step) | "
           f"{fixed_a:.1f} | {fixed_e:.1f} | {fixed_e / fixed_a:.2f} |")
     for name, theirs, ours in fixed_cost_parts(a, e):
         print(f"| ... {name} | {theirs:.1f} | {ours:.1f} | {ours / theirs if theirs else float('nan'):.2f} |")

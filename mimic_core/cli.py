@@ -79,7 +79,7 @@ def _edit(args: argparse.Namespace) -> int:
         files = find_model_files(args.models, checkpoint=args.checkpoint, vae=args.vae, depth_model=args.depth_model)
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
-                         dtype=dtype, device=device, working_size=sampling.working_size)
+                         dtype=dtype, device=device)
     pipeline = MimicBrushPipeline(models, working_size=sampling.working_size, release_encoders=True)
     reference = pipeline.encode_reference(references, masks)
     squares = squares_edited(mask.numpy(), regions.region)  # one count of steps over every square

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,7 +16,6 @@ from .depth import load_depth_model
 from .feed_forward import chunk_feed_forwards
 from .files import release_mapped_pages
 from .prepacked import prepack_convolutions, prepack_linears
-from .preprocess import WORKING_SIZE
 from .resnet_blocks import in_place_resnet_blocks
 from .vae import load_vae
 from .weight_packing import pack_for_working_size
@@ -34,6 +33,8 @@ class MimicBrushModels:
     depth_guider: DepthGuider
     vae: AutoencoderKL
     depth_model: nn.Module | None = None
+    packed_for: set[int] = field(default_factory=set, repr=False, compare=False)
+    """Working sizes the U-Nets' weights were packed for ahead of an edit (:meth:`pack_for`)."""
 
     def modules(self) -> dict[str, nn.Module]:
         names = ("unet", "referencenet", "image_encoder", "image_proj", "depth_guider", "vae", "depth_model")
@@ -51,7 +52,7 @@ class MimicBrushModels:
         """The latents' side for images of ``working_size``: the VAE halves it at each of its levels but the last."""
         return working_size // (2 ** (len(self.vae.config.block_out_channels) - 1))
 
-    def use_inference_layers(self, working_size: int | None = None) -> "MimicBrushModels":
+    def use_inference_layers(self) -> "MimicBrushModels":
         """Give the U-Nets and the VAE layers that compute the same function faster in CPU
         inference: in the U-Nets, convolutions and linear layers on weights packed once for oneDNN
         (:mod:`mimic_core.prepacked`; convolutions 1.5-2.6x faster at the low resolutions) and
@@ -67,11 +68,7 @@ class MimicBrushModels:
         little, and a packed convolution returns channels-last activations, on which the CPU's
         GroupNorm rounds differently; that moves the VAE encoder's latents from the authors' by up
         to 4e-3 on the golden fixture, 40 times its stage tolerance, where the U-Nets stay within
-        theirs. A Winograd convolution returns the stock layout.
-
-        With a ``working_size`` the U-Nets' packed layers pack their weights now, side by side, for
-        an edit at that size (:func:`~mimic_core.weight_packing.pack_for_working_size`), instead of
-        one after another in the first edit's first step."""
+        theirs. A Winograd convolution returns the stock layout."""
         for module in (self.unet, self.referencenet):
             prepack_convolutions(module)
             prepack_linears(module)
@@ -79,9 +76,16 @@ class MimicBrushModels:
         for module in (self.unet, self.referencenet, self.vae):
             winograd_convolutions(module)
         in_place_resnet_blocks(self.vae)
-        if working_size is not None:
-            pack_for_working_size(self, working_size)
+        self.packed_for.clear()
         return self
+
+    def pack_for(self, working_size: int) -> None:
+        """Pack the U-Nets' weights for edits at ``working_size``, side by side, before the first such
+        edit's first step (:func:`~mimic_core.weight_packing.pack_for_working_size`; on the CPU), once per
+        size. A layer whose weight is replaced, moved or written afterwards packs again at its next call."""
+        if working_size not in self.packed_for:
+            pack_for_working_size(self, working_size)
+            self.packed_for.add(working_size)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
         """Move or cast every network, a layer at a time: a memory-mapped weight's pages are given
@@ -100,6 +104,7 @@ class MimicBrushModels:
                 torch.nn.Module.to(layer, device=device, dtype=dtype)
                 kept = {t.data_ptr() for t in _own_tensors(layer)}
                 release_mapped_pages([t for t in before if t.data_ptr() not in kept])
+        self.packed_for.clear()
         return self
 
 
@@ -109,8 +114,7 @@ def _own_tensors(layer: nn.Module) -> list[torch.Tensor]:
 
 def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path | None = None, *,
                 config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", inference_layers: bool = True,
-                working_size: int | None = WORKING_SIZE) -> MimicBrushModels:
+                device: torch.device | str = "cpu", inference_layers: bool = True) -> MimicBrushModels:
     """Load MimicBrush from the released files (or their conversions).
 
     ``checkpoint`` is ``mimicbrush.bin`` or its converted ``.safetensors``; ``vae`` the SD VAE (a
@@ -119,8 +123,7 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
     feature. ``config_dir`` holds ``<part>_config.json`` files for non-released architectures.
     With ``inference_layers`` the U-Nets and the VAE get layers that compute the same function
     faster in CPU inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the
-    stock ones. Their packed weights are made while loading, for edits at ``working_size`` (on the
-    CPU; None: each layer packs at its first call, as it does at another size).
+    stock ones.
     """
     parts = build_components(read_checkpoint(checkpoint, config_dir))
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
@@ -129,5 +132,5 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
     ).to(device=device, dtype=dtype)
-    return models.use_inference_layers(working_size) if inference_layers else models
+    return models.use_inference_layers() if inference_layers else models
 

@@ -1,12 +1,13 @@
-"""The U-Nets' weights packed while loading, side by side, for the edits' working size.
+"""The U-Nets' weights packed side by side for an edit's working size, before its first step.
 
 A packed layer (:mod:`mimic_core.prepacked`) packs its weight at its first call, which is inside
-the first sampling step of the first edit: layer after layer, each by oneDNN's reorder on one
-thread while the CPU's other cores wait. Which layers pack, and for what input, follows from the
-U-Nets' configs and the working size alone. So a forward of each U-Net's architecture on the meta
-device (shapes only: no weights, no arithmetic, a fraction of a second) finds every layer's input
-as the edit gives it, and the layers are packed while loading, as many at a time as torch has
-threads. An edit at another working size packs what it finds unpacked at its first call, as before.
+the first sampling step: layer after layer, each by oneDNN's reorder on one thread while the CPU's
+other cores wait. Which layers pack, and for what input, follows from the U-Nets' configs and the
+working size alone. So a forward of each U-Net's architecture on the meta device (shapes only: no
+weights, no arithmetic, a fraction of a second) finds every layer's input as the edit gives it, and
+the layers are packed before the first step, as many at a time as torch has threads
+(:meth:`~mimic_core.models.MimicBrushModels.pack_for`, once per working size). Not while loading:
+the working size is the edit's choice, and loading stays a read of the file.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def edit_input_shapes(models: MimicBrushModels, working_size: int) -> list[tuple
 def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: int | None = None) -> int:
     """Pack every U-Net weight that an exact edit at ``working_size`` runs packed, ``threads`` layers
     at a time (default: torch's thread count), largest first; returns how many layers were packed.
-    Nothing packs off the CPU or in a dtype no layer packs in, and the meta pass is then skipped."""
-    if models.device.type != "cpu" or not packs_dtype(models.dtype):
+    Nothing packs off the CPU, in a dtype no layer packs in or with stock layers (training's), and the
+    meta pass is then skipped."""
+    if (models.device.type != "cpu" or not packs_dtype(models.dtype)
+            or not any(isinstance(layer, PackedWeight) for layer in models.unet.modules())):
         return 0
     layers = [(layer, shape) for layer, shape in edit_input_shapes(models, working_size)
               if isinstance(layer, PackedWeight)]

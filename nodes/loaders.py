@@ -54,30 +54,14 @@ class MimicBrushLoader:
         from ..mimic_core.shape_control import blank_depth_map
 
         checkpoint_path, vae_path = _checkpoint_and_vae(checkpoint, vae)
-        device = mm.get_torch_device()
-        dtype = choose_dtype(precision, device)
+        dtype = choose_dtype(precision, mm.get_torch_device())
         # cast here, on the offload device, a layer at a time: each file-backed float32 weight is given back
-        # once its copy is made, so a half-precision load never holds both (the patcher's cast is then a no-op);
-        # on the CPU the U-Nets' weights are packed now for the sampler's default working size
-        models = load_models(checkpoint_path, vae_path, dtype=dtype, device=mm.unet_offload_device(),
-                             working_size=_default_working_size(checkpoint) if device.type == "cpu" else None)
+        # once its copy is made, so a half-precision load never holds both (the patcher's cast is then a no-op)
+        models = load_models(checkpoint_path, vae_path, dtype=dtype, device=mm.unet_offload_device())
         blank_depth = blank_depth_map(depth_model.ready()).to("cpu", torch.float32)
         patcher = make_patcher(models.modules(), dtype)
         pipeline = MimicBrushPipeline(models, blank_depth=blank_depth)
         return (MimicBrushModel(pipeline, patcher, _preview_colours(checkpoint, pipeline)),)
-
-
-def _default_working_size(checkpoint: str) -> int:
-    """The working size this checkpoint's edits are expected at, for packing its weights while loading: the
-    demo's 128, as its workflows set the sampler, else the sampler's default, 512. An edit at another size
-    packs what it lacks at its first step."""
-    if checkpoint == DEMO_CHOICE:
-        from ..mimic_core.demo import DEMO_WORKING_SIZE
-
-        return DEMO_WORKING_SIZE
-    from ..mimic_core.preprocess import WORKING_SIZE
-
-    return WORKING_SIZE
 
 
 def _preview_colours(checkpoint: str, pipeline) -> list[list[float]] | None:

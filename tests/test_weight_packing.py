@@ -1,5 +1,6 @@
-"""The U-Nets' weights packed while loading: the layers and inputs a meta pass finds are those an
-edit calls, packing them at load leaves the first edit nothing to pack, and the edit is the same."""
+"""The U-Nets' weights packed side by side before an edit's first step: the layers and inputs a meta
+pass finds are those the edit calls, packing them first leaves the edit nothing to pack, and the
+edit is the same."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from mimic_core.weight_packing import layer_input_shapes, pack_for_working_size
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
 
-def _load(fixture_dir, working_size):
+def _load(fixture_dir, **options):
     return load_models(fixture_dir / "mimicbrush_tiny.bin", fixture_dir / "vae", fixture_dir / "depth_anything_tiny.pth",
-                       config_dir=fixture_dir, working_size=working_size)
+                       config_dir=fixture_dir, **options)
 
 
 def _packed(models) -> dict[str, torch.Tensor]:
@@ -38,24 +39,37 @@ def _edit(models, working_size):
 
 # 256: the tiny U-Nets' outermost level is 32x32, where float32 convolutions stay stock; 64: all below
 @pytest.mark.parametrize("working_size", [256, 64])
-def test_packing_at_load_is_what_the_first_edit_would_pack(fixture_dir, working_size):
-    lazy = _load(fixture_dir, None)
-    assert not _packed(lazy)
+def test_packing_before_the_first_step_is_what_the_layers_would_pack_as_called(fixture_dir, working_size):
+    lazy = _load(fixture_dir)
+    assert not _packed(lazy)  # loading packs nothing
+    lazy.packed_for.add(working_size)  # as if packed ahead: each layer packs at its first call instead
     lazy_result = _edit(lazy, working_size)
-    packed_by_edit = _packed(lazy)
+    packed_as_called = _packed(lazy)
 
-    loaded = _load(fixture_dir, working_size)
-    packed_at_load = _packed(loaded)
-    assert packed_at_load.keys() == packed_by_edit.keys()
+    ahead = _load(fixture_dir)
+    ahead.pack_for(working_size)
+    packed_ahead = _packed(ahead)
+    assert packed_ahead.keys() == packed_as_called.keys()
     if working_size == 256:  # some layers do stay stock, so the comparison is not of everything with everything
-        convolutions = [name for part in ("unet", "referencenet") for name, layer in getattr(loaded, part).named_modules()
+        convolutions = [name for part in ("unet", "referencenet") for name, layer in getattr(ahead, part).named_modules()
                         if isinstance(layer, PrepackedConv2d)]
-        assert 0 < len(set(convolutions) & {name.split(".", 1)[1] for name in packed_at_load}) < len(convolutions)
-    result = _edit(loaded, working_size)
-    after = _packed(loaded)
-    assert after.keys() == packed_at_load.keys()
-    assert all(after[name] is packed_at_load[name] for name in after)  # the edit packed nothing again
+        assert 0 < len(set(convolutions) & {name.split(".", 1)[1] for name in packed_ahead}) < len(convolutions)
+    result = _edit(ahead, working_size)
+    after = _packed(ahead)
+    assert after.keys() == packed_ahead.keys()
+    assert all(after[name] is packed_ahead[name] for name in after)  # the edit packed nothing again
     torch.testing.assert_close(result.latents, lazy_result.latents, rtol=0, atol=1e-5)
+
+
+def test_an_edit_packs_ahead_once_per_working_size(fixture_dir):
+    models = _load(fixture_dir)
+    _edit(models, 64)
+    assert models.packed_for == {64} and _packed(models)
+    kept = _packed(models)
+    _edit(models, 64)
+    assert all(_packed(models)[name] is kept[name] for name in kept)
+    models.to(dtype=torch.float32)  # no real move or cast: the packing stays, the record is cleared
+    assert models.packed_for == set() and _packed(models).keys() == kept.keys()
 
 
 def test_the_meta_pass_sees_the_released_u_nets_as_an_edit_at_512_runs_them():
@@ -99,7 +113,7 @@ def test_a_layer_packs_ahead_only_for_an_input_its_call_would_pack():
 
 
 def test_nothing_packs_where_no_layer_would(fixture_dir):
-    half = load_models(fixture_dir / "mimicbrush_tiny.bin", fixture_dir / "vae", config_dir=fixture_dir,
-                       dtype=torch.float16, working_size=64)
-    assert not _packed(half)
-    assert pack_for_working_size(half, 64) == 0
+    half = _load(fixture_dir, dtype=torch.float16)
+    assert pack_for_working_size(half, 64) == 0 and not _packed(half)
+    stock = _load(fixture_dir, inference_layers=False)  # training's layers
+    assert pack_for_working_size(stock, 64) == 0

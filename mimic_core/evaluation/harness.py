@@ -106,7 +106,7 @@ def _edit_shard(args: argparse.Namespace, benchmark: Benchmark, folder: OutputFo
 
     logger.info("Loading models (%s, %s on %s)", files.checkpoint, dtype, device)
     models = load_models(files.checkpoint, files.vae, files.depth_model, config_dir=args.config_dir,
-                         dtype=dtype, device=device, working_size=sampling.working_size)
+                         dtype=dtype, device=device)
     edit_cases(todo, folder, settings, MimicBrushPipeline(models, working_size=sampling.working_size))
 
 
