@@ -33,7 +33,7 @@ class MimicBrushModels:
     depth_guider: DepthGuider
     vae: AutoencoderKL
     depth_model: nn.Module | None = None
-    packed_for: set[int] = field(default_factory=set, repr=False, compare=False)
+    packed_for: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
     """Working sizes the U-Nets' weights were packed for ahead of an edit (:meth:`pack_for`)."""
 
     def modules(self) -> dict[str, nn.Module]:
