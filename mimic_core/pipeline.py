@@ -165,10 +165,10 @@ class MimicBrushPipeline:
     context), kept while the image encoder's and projection's weights stay what and where they were.
 
     ``release_encoders``: as the image encoder embeds a reference and the depth model estimates a
-    depth, give back the memory their weights hold on the CPU where they are mapped from a
-    ``.safetensors`` file, layer by layer (:func:`~mimic_core.files.mapped_pages_released_as_used`;
-    they are read in again when next used). The depth model's usual files (the authors' ``.pth``, a
-    transformers folder) are read otherwise, and keep their memory.
+    depth, give back the memory their weights hold on the CPU where they are mapped from their file
+    (a ``.safetensors`` file or a zip-format torch file such as the authors' ``.pth``), layer by layer
+    (:func:`~mimic_core.files.mapped_pages_released_as_used`; they are read in again when next used).
+    A transformers depth folder is read otherwise, and keeps its memory.
     For callers that own the models (the CLI); a host that manages model memory itself, as
     ComfyUI does, leaves it off.
     """

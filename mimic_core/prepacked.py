@@ -57,11 +57,16 @@ def packs_dtype(dtype: torch.dtype) -> bool:
     return dtype is torch.bfloat16 and bool(native_cpu_precision(dtype))
 
 
+def weights_on_cpu_in(layer: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether a layer's weight (and bias) are on the CPU in ``dtype``."""
+    return all(t.device.type == "cpu" and t.dtype == dtype for t in (layer.weight, layer.bias) if t is not None)
+
+
 def cpu_inference_call(layer: nn.Module, input: torch.Tensor) -> bool:
     """Whether a call of a layer with a weight (and bias) is CPU inference: the input, weight and
     bias on the CPU in one dtype, with autograd not recording."""
-    tensors = [input, layer.weight] + ([layer.bias] if layer.bias is not None else [])
-    return all(t.device.type == "cpu" and t.dtype == input.dtype for t in tensors) and not records_autograd(layer, input)
+    return (input.device.type == "cpu" and weights_on_cpu_in(layer, input.dtype)
+            and not records_autograd(layer, input))
 
 
 class PackedWeight:
@@ -97,9 +102,7 @@ class PackedWeight:
         """Pack the weight now, for inputs of ``shape`` in the weight's dtype, where such a call in CPU
         inference runs packed (as its first call would); returns whether it does. Layers can so be
         packed side by side before they are first called (:mod:`mimic_core.weight_packing`)."""
-        on_cpu = all(t.device.type == "cpu" and t.dtype == self.weight.dtype
-                     for t in (self.weight, self.bias) if t is not None)
-        if not (on_cpu and self._packs_input(torch.Size(shape), self.weight.dtype)):
+        if not (weights_on_cpu_in(self, self.weight.dtype) and self._packs_input(torch.Size(shape), self.weight.dtype)):
             return False
         self._packed_weight(torch.Size(shape))
         return True
