@@ -510,8 +510,8 @@ def print_later_edit_rows(a: dict, e: dict) -> None:
     its first edit (the later edit's own steps are too few), and its parts."""
     later = [dict(row["later_edit"], steady_step_s=row["steady_step_s"]) for row in (a, e)]
     fixed_a, fixed_e = (row["total_s"] - row["steps"] * row["steady_step_s"] for row in later)
-    print(f"| fixed s per later edit (other images, the models loaded; {LATER_STEPS} steps, each pair's ratio "
-          f"{' '.join(f'{ours / theirs:.2f}' for theirs, ours in zip(later[0]['steady_steps_s'], later[1]['steady_steps_s']))}) | "
+    pair_ratios = ' '.join(f'{ours / theirs:.2f}' for theirs, ours in zip(later[0]['steady_steps_s'], later[1]['steady_steps_s']))
+    print(f"| fixed s per later edit (other images, the models loaded; {LATER_STEPS} steps, each pair's ratio {pair_ratios}) | "
           f"{fixed_a:.1f} | {fixed_e:.1f} | {fixed_e / fixed_a:.2f} |")
     for name, theirs, ours in fixed_cost_parts(*later):
         print(f"| ... later edit: {name} | {theirs:.1f} | {ours:.1f} | {ours / theirs if theirs else float('nan'):.2f} |")

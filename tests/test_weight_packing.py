@@ -12,7 +12,9 @@ from mimic_core.attention import last_recorded_block
 from mimic_core.checkpoint import default_config
 from mimic_core.models import load_models
 from mimic_core.pipeline import MimicBrushPipeline
-from mimic_core.prepacked import FLOAT32_PACKED_BELOW_SIDE, PackedWeight, PrepackedConv2d, PrepackedLinear
+from mimic_core import prepacked
+from mimic_core.prepacked import (FLOAT32_PACKED_BELOW_SIDE, PackedWeight, PrepackedConv2d, PrepackedLinear,
+                                  channels_last_in)
 from mimic_core.weight_packing import layer_input_shapes, pack_for_working_size
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
@@ -117,3 +119,45 @@ def test_nothing_packs_where_no_layer_would(fixture_dir):
     assert pack_for_working_size(half, 64) == 0 and not _packed(half)
     stock = _load(fixture_dir, inference_layers=False)  # training's layers
     assert pack_for_working_size(stock, 64) == 0
+
+
+def _packed_convolution(weight: torch.Tensor, shape: tuple[int, ...], staging: torch.Tensor | None) -> PrepackedConv2d:
+    convolution = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=1)
+    with torch.no_grad():
+        convolution.weight.copy_(weight)
+        convolution.bias.zero_()
+    convolution.__class__ = PrepackedConv2d
+    convolution._convert()
+    assert convolution.pack_for(shape, staging)
+    return convolution
+
+
+def test_a_convolution_packed_through_the_staging_buffer_is_the_one_packed_without_it():
+    torch.manual_seed(0)
+    weight, x = torch.randn(40, 24, 3, 3), torch.randn(2, 24, 16, 16)
+    staging = torch.empty(weight.nbytes + 64, dtype=torch.uint8)
+    staged = channels_last_in(staging, weight)
+    assert torch.equal(staged, weight) and staged.is_contiguous(memory_format=torch.channels_last)
+    assert staged.data_ptr() == staging.data_ptr()
+    plain, through_staging = (_packed_convolution(weight, tuple(x.shape), buffer) for buffer in (None, staging))
+    with torch.no_grad():
+        expected = plain(x)
+        assert torch.equal(through_staging(x), expected)
+        staging.fill_(255)  # the packed weight is a copy: the buffer is free for the next layer
+        assert torch.equal(through_staging(x), expected)
+
+
+def test_packing_ahead_stages_each_3x3_convolution_in_a_kept_buffer(fixture_dir, monkeypatch):
+    models = _load(fixture_dir)
+    staged: list[tuple[int, int]] = []
+
+    def recorded(staging: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        staged.append((staging.nbytes, weight.nbytes))
+        return channels_last_in(staging, weight)
+
+    monkeypatch.setattr(prepacked, "channels_last_in", recorded)
+    models.pack_for(64)
+    packed_3x3 = [layer for part in (models.unet, models.referencenet) for layer in part.modules()
+                  if isinstance(layer, PrepackedConv2d) and layer._packed is not None and layer.kernel_size == (3, 3)]
+    assert len(staged) == len(packed_3x3) > 0
+    assert len({size for size, _ in staged}) == 1 and all(size >= weight for size, weight in staged)
