@@ -18,7 +18,7 @@ from .files import release_mapped_pages
 from .prepacked import prepack_convolutions, prepack_linears
 from .resnet_blocks import in_place_resnet_blocks
 from .vae import load_vae
-from .weight_packing import pack_for_working_size
+from .weight_packing import U_NETS, pack_for_working_size
 from .winograd import winograd_convolutions
 
 
@@ -33,8 +33,9 @@ class MimicBrushModels:
     depth_guider: DepthGuider
     vae: AutoencoderKL
     depth_model: nn.Module | None = None
-    packed_for: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
-    """Working sizes the U-Nets' weights were packed for ahead of an edit (:meth:`pack_for`)."""
+    packed_for: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False, compare=False)
+    """The U-Nets (``"unet"``, ``"referencenet"``) and working sizes whose weights were packed ahead of an
+    edit (:meth:`pack_for`)."""
 
     def modules(self) -> dict[str, nn.Module]:
         names = ("unet", "referencenet", "image_encoder", "image_proj", "depth_guider", "vae", "depth_model")
@@ -79,13 +80,16 @@ class MimicBrushModels:
         self.packed_for.clear()
         return self
 
-    def pack_for(self, working_size: int) -> None:
+    def pack_for(self, working_size: int, reference: bool = True) -> None:
         """Pack the U-Nets' weights for edits at ``working_size``, side by side, before the first such
         edit's first step (:func:`~mimic_core.weight_packing.pack_for_working_size`; on the CPU), once per
-        size. A layer whose weight is replaced, moved or written afterwards packs again at its next call."""
-        if working_size not in self.packed_for:
-            pack_for_working_size(self, working_size)
-            self.packed_for.add(working_size)
+        U-Net and size; the reference U-Net's only for an edit that runs it (``reference``: not one of
+        :meth:`~mimic_core.pipeline.MimicBrushPipeline.no_reference`). A layer whose weight is replaced,
+        moved or written afterwards packs again at its next call."""
+        parts = [part for part in (U_NETS if reference else ("unet",)) if (part, working_size) not in self.packed_for]
+        if parts:
+            pack_for_working_size(self, working_size, parts=parts)
+            self.packed_for.update((part, working_size) for part in parts)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MimicBrushModels":
         """Move or cast every network, a layer at a time: a memory-mapped weight's pages are given

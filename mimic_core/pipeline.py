@@ -402,7 +402,8 @@ class MimicBrushPipeline:
         masked_latents = ((collage_mean + collage_std * collage_noise) * scale).to(dtype)
         source_latents = (self._posterior([square_source], working_size)[0].float() * scale
                           if sampling.denoise < 1 else None)
-        self.models.pack_for(working_size)  # before the first step, side by side, not layer after layer inside it
+        # before the first step, side by side, not layer after layer inside it; the reference U-Net only if it runs
+        self.models.pack_for(working_size, reference=encoded.imitates)
         latents = self._denoise(
             noise, reference_latents, masked_latents, self._to_model(pre.latent_mask(mask_at_size, latent_size)),
             depth_feature, encoded, sampling, callback, should_stop, source_latents)

@@ -14,6 +14,7 @@ the working size is the edit's choice, and loading stays a read of the file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from queue import SimpleQueue
 from typing import TYPE_CHECKING
@@ -64,31 +65,40 @@ def _raise_pass_ends() -> None:
     raise _PassEnds
 
 
-def edit_input_shapes(models: MimicBrushModels, working_size: int) -> list[tuple[nn.Module, torch.Size]]:
-    """Each U-Net layer an exact edit at ``working_size`` calls, with its input's shape: the imitative
-    U-Net on guidance's two rows, the reference U-Net on one row up to the self-attention of its last
-    recorded block (:mod:`mimic_core.attention`), both with the image encoder's tokens as context."""
+U_NETS = ("unet", "referencenet")
+"""The U-Nets an edit packs for, by their names in :class:`~mimic_core.models.MimicBrushModels`."""
+
+
+def edit_input_shapes(models: MimicBrushModels, working_size: int,
+                      parts: Sequence[str] = U_NETS) -> list[tuple[nn.Module, torch.Size]]:
+    """Each layer of the U-Nets named in ``parts`` that an exact edit at ``working_size`` calls, with its
+    input's shape: the imitative U-Net (``"unet"``) on guidance's two rows, the reference U-Net
+    (``"referencenet"``) on one row up to the self-attention of its last recorded block
+    (:mod:`mimic_core.attention`), both with the image encoder's tokens as context."""
     latent = models.latent_size(working_size)
     encoder = models.image_encoder.config
     tokens = (encoder.image_size // encoder.patch_size) ** 2 + 1
+    passes = {"unet": (models.unet, 2, None),
+              "referencenet": (models.referencenet, 1, last_recorded_block(models.referencenet) + ".attn1")}
     calls = []
-    for unet, rows, stop_at in ((models.unet, 2, None),
-                                (models.referencenet, 1, last_recorded_block(models.referencenet) + ".attn1")):
+    for unet, rows, stop_at in (passes[part] for part in parts):
         shapes = layer_input_shapes(unet, (rows, unet.config.in_channels, latent, latent),
                                     (rows, tokens, unet.config.cross_attention_dim), stop_at)
         calls += [(unet.get_submodule(name), shape) for name, shape in shapes.items()]
     return calls
 
 
-def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: int | None = None) -> int:
-    """Pack every U-Net weight that an exact edit at ``working_size`` runs packed, ``threads`` layers
-    at a time (default: torch's thread count), largest first; returns how many layers were packed.
+def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: int | None = None,
+                          parts: Sequence[str] = U_NETS) -> int:
+    """Pack every weight of the U-Nets named in ``parts`` that an exact edit at ``working_size`` runs
+    packed, ``threads`` layers at a time (default: torch's thread count), largest first; returns how
+    many layers were packed.
     Nothing packs off the CPU, in a dtype no layer packs in or with stock layers (training's), and the
     meta pass is then skipped."""
     if (models.device.type != "cpu" or not packs_dtype(models.dtype)
             or not any(isinstance(layer, PackedWeight) for layer in models.unet.modules())):
         return 0
-    layers = [(layer, shape) for layer, shape in edit_input_shapes(models, working_size)
+    layers = [(layer, shape) for layer, shape in edit_input_shapes(models, working_size, parts)
               if isinstance(layer, PackedWeight)]
     layers.sort(key=lambda call: -call[0].weight.numel())
     workers = threads or torch.get_num_threads()

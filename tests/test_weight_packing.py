@@ -15,7 +15,7 @@ from mimic_core.pipeline import MimicBrushPipeline
 from mimic_core import prepacked
 from mimic_core.prepacked import (FLOAT32_PACKED_BELOW_SIDE, PackedWeight, PrepackedConv2d, PrepackedLinear,
                                   channels_last_in)
-from mimic_core.weight_packing import layer_input_shapes, pack_for_working_size
+from mimic_core.weight_packing import U_NETS, layer_input_shapes, pack_for_working_size
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 
@@ -44,7 +44,7 @@ def _edit(models, working_size):
 def test_packing_before_the_first_step_is_what_the_layers_would_pack_as_called(fixture_dir, working_size):
     lazy = _load(fixture_dir)
     assert not _packed(lazy)  # loading packs nothing
-    lazy.packed_for.add(working_size)  # as if packed ahead: each layer packs at its first call instead
+    lazy.packed_for.update((part, working_size) for part in U_NETS)  # as if packed ahead: each layer packs as called
     lazy_result = _edit(lazy, working_size)
     packed_as_called = _packed(lazy)
 
@@ -66,12 +66,28 @@ def test_packing_before_the_first_step_is_what_the_layers_would_pack_as_called(f
 def test_an_edit_packs_ahead_once_per_working_size(fixture_dir):
     models = _load(fixture_dir)
     _edit(models, 64)
-    assert models.packed_for == {64} and _packed(models)
+    assert models.packed_for == {("unet", 64), ("referencenet", 64)} and _packed(models)
     kept = _packed(models)
     _edit(models, 64)
     assert all(_packed(models)[name] is kept[name] for name in kept)
     models.to(dtype=torch.float32)  # no real move or cast: the packing stays, the record is cleared
     assert models.packed_for == set() and _packed(models).keys() == kept.keys()
+
+
+def test_an_edit_with_no_reference_packs_the_imitative_u_net_alone(fixture_dir):
+    models = _load(fixture_dir)
+    torch.manual_seed(0)
+    source, mask = torch.rand(1, 96, 80, 3), torch.zeros(96, 80)
+    mask[20:60, 24:64] = 1
+    pipeline = MimicBrushPipeline(models, working_size=64)
+    pipeline.edit(source, mask, pipeline.no_reference(), steps=2, seed=3)
+    assert models.packed_for == {("unet", 64)}
+    assert _packed(models) and all(name.startswith("unet.") for name in _packed(models))
+    imitative = _packed(models)
+    _edit(models, 64)  # an edit with a reference then packs the reference U-Net, and the imitative one stays
+    assert models.packed_for == {("unet", 64), ("referencenet", 64)}
+    assert any(name.startswith("referencenet.") for name in _packed(models))
+    assert all(_packed(models)[name] is imitative[name] for name in imitative)
 
 
 def test_the_meta_pass_sees_the_released_u_nets_as_an_edit_at_512_runs_them():
