@@ -14,8 +14,8 @@ parameters, same state dict, same function. The packed weight is made at the fir
 that can use it (a float32 input on the CPU, for convolutions one below 32x32, where packing gains;
 or for convolutions a bf16 one on a CPU that computes bf16 natively; autograd not recording), or
 before it by :meth:`PackedWeight.pack_for` (an edit so packs the U-Nets' layers side by side before
-its first step: :mod:`mimic_core.weight_packing`), and made again when the weight has been replaced, moved or cast,
-or changed in place since; any other call runs the stock forward. Writes that bypass the version
+its first step: :mod:`mimic_core.weight_packing`), and made again when the weight has been replaced,
+moved or cast, or changed in place since; any other call runs the stock forward. Writes that bypass the version
 counter (through ``.data``, or to a weight created in inference mode, which has none) are not
 seen: after such a write, call
 :func:`prepack_convolutions` (or :func:`prepack_linears`) again (a ``.to()`` that really moves or

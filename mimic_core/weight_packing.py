@@ -1,15 +1,15 @@
 """The U-Nets' weights packed side by side for an edit's working size, before its first step.
 
 A packed layer (:mod:`mimic_core.prepacked`) packs its weight at its first call, which is inside
-the first sampling step: layer after layer, each by oneDNN's reorder on one thread while the CPU's
-other cores wait. Which layers pack, and for what input, follows from the U-Nets' configs and the
-working size alone. So a forward of each U-Net's architecture on the meta device (shapes only: no
-weights, no arithmetic, a fraction of a second) finds every layer's input as the edit gives it, and
-the layers are packed before the first step, as many at a time as torch has threads
-(:meth:`~mimic_core.models.MimicBrushModels.pack_for`, once per working size), each convolution's
-weight first laid out channels-last in a buffer kept from layer to layer, from which oneDNN reorders
-it faster (:func:`~mimic_core.prepacked.channels_last_in`). Not while loading:
-the working size is the edit's choice, and loading stays a read of the file.
+the first sampling step: layer after layer, each by oneDNN's reorder (on the Intel CPU measured, on
+one thread while the other core waited). Which layers pack, and for what input, follows from the
+U-Nets' configs and the working size alone. So a forward of each U-Net's architecture on the meta
+device (shapes only: no weights, no arithmetic, a fraction of a second) finds every layer's input
+as the edit gives it, and the layers are packed before the first step, as many at a time as torch
+has threads (:meth:`~mimic_core.models.MimicBrushModels.pack_for`, once per U-Net and working
+size), each convolution's weight first laid out channels-last in a buffer kept from layer to layer,
+from which it packs faster (:func:`~mimic_core.prepacked.channels_last_in`). Not while loading: the
+working size is the edit's choice, and loading stays a read of the file.
 """
 
 from __future__ import annotations
@@ -92,8 +92,7 @@ def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: 
                           parts: Sequence[str] = U_NETS) -> int:
     """Pack every weight of the U-Nets named in ``parts`` that an exact edit at ``working_size`` runs
     packed, ``threads`` layers at a time (default: torch's thread count), largest first; returns how
-    many layers were packed.
-    Nothing packs off the CPU, in a dtype no layer packs in or with stock layers (training's), and the
+    many layers were packed. Nothing packs off the CPU, in a dtype no layer packs in or with stock layers (training's), and the
     meta pass is then skipped."""
     if (models.device.type != "cpu" or not packs_dtype(models.dtype)
             or not any(isinstance(layer, PackedWeight) for layer in models.unet.modules())):
