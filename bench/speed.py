@@ -334,6 +334,9 @@ LOADERS = {"authors": "bin", "bin": "bin", "safetensors": "safetensors"}
 
 
 def measure_load(files: dict, loader: str) -> dict:
+    """One load of the checkpoint's five parts, then every weight read that is not yet in memory, as
+    after the authors' ``torch.load``: theirs from the ``.bin``, ours by the engine's reader and
+    :func:`build_components` (no VAE, no depth model, no inference layers: loading packs nothing)."""
     from bench.authors_order import load_like_authors
     from mimic_core.checkpoint import read_checkpoint
     from mimic_core.components import build_components

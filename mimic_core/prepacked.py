@@ -10,16 +10,16 @@ AVX512 CPU a packed 1280->10240 layer on 256 rows took 31 ms against 45 ms, a 64
 
 :func:`prepack_convolutions` turns a module's ``nn.Conv2d`` layers into :class:`PrepackedConv2d`,
 and :func:`prepack_linears` its ``nn.Linear`` layers into :class:`PrepackedLinear`: same
-parameters, same state dict, same function. The packed weight is made at the first forward
-that can use it (a float32 input on the CPU, for convolutions one below 32x32, where packing gains;
-or for convolutions a bf16 one on a CPU that computes bf16 natively; autograd not recording), or
-before it by :meth:`PackedWeight.pack_for` (an edit so packs the U-Nets' layers side by side before
-its first step: :mod:`mimic_core.weight_packing`), and made again when the weight has been replaced,
-moved or cast, or changed in place since; any other call runs the stock forward. Writes that bypass the version
-counter (through ``.data``, or to a weight created in inference mode, which has none) are not
-seen: after such a write, call
-:func:`prepack_convolutions` (or :func:`prepack_linears`) again (a ``.to()`` that really moves or
-casts also drops the packing). ComfyUI patches weights by assigning new tensors.
+parameters, same state dict, same function. The packed weight is made at the first forward that can
+use it (a float32 input on the CPU, for convolutions one below 32x32, where packing gains; or for
+convolutions a bf16 one on a CPU that computes bf16 natively; autograd not recording), or before it
+by :meth:`PackedWeight.pack_for` (an edit so packs the U-Nets' layers side by side before its first
+step: :mod:`mimic_core.weight_packing`), and made again when the weight has been replaced, moved or
+cast, or changed in place since; any other call runs the stock forward. Writes that bypass the
+version counter (through ``.data``, or to a weight created in inference mode, which has none) are
+not seen: after such a write, call :func:`prepack_convolutions` (or :func:`prepack_linears`) again
+(a ``.to()`` that really moves or casts also drops the packing). ComfyUI patches weights by
+assigning new tensors.
 
 In float32 the packed call gives the stock result (within float rounding). In bf16 it gains most
 where float32 does (a 2560->1280 3x3 convolution at 16x16, batch 2: 85 ms stock, 66 ms packed, on

@@ -90,10 +90,10 @@ def edit_input_shapes(models: MimicBrushModels, working_size: int,
 
 def pack_for_working_size(models: MimicBrushModels, working_size: int, threads: int | None = None,
                           parts: Sequence[str] = U_NETS) -> int:
-    """Pack every weight of the U-Nets named in ``parts`` that an exact edit at ``working_size`` runs
-    packed, ``threads`` layers at a time (default: torch's thread count), largest first; returns how
-    many layers were packed. Nothing packs off the CPU, in a dtype no layer packs in or with stock layers (training's), and the
-    meta pass is then skipped."""
+    """Pack every weight of the U-Nets named in ``parts`` that an exact edit at ``working_size``
+    runs packed, ``threads`` layers at a time (default: torch's thread count), largest first;
+    returns how many layers were packed. Nothing packs off the CPU, in a dtype no layer packs in or
+    with stock layers (training's), and the meta pass is then skipped."""
     if (models.device.type != "cpu" or not packs_dtype(models.dtype)
             or not any(isinstance(layer, PackedWeight) for layer in models.unet.modules())):
         return 0
