@@ -18,6 +18,7 @@ from .files import release_mapped_pages
 from .prepacked import prepack_convolutions, prepack_linears
 from .resnet_blocks import in_place_resnet_blocks
 from .vae import load_vae
+from .upsampling import winograd_upsamplers
 from .weight_packing import U_NETS, pack_for_working_size
 from .winograd import winograd_convolutions
 
@@ -61,7 +62,9 @@ class MimicBrushModels:
         3x3 convolutions by Winograd's F(4x4, 3x3) at the sizes where that is faster
         (:mod:`mimic_core.winograd`, float32 only); in the VAE, ResNet blocks that write their SiLUs
         and additions into the tensors they have just made (:mod:`mimic_core.resnet_blocks`; the
-        U-Nets' activations are small enough that a U-Net pass measured no faster with them). All
+        U-Nets' activations are small enough that a U-Net pass measured no faster with them), and
+        upsamplers that convolve their input without making its upsampled copy
+        (:mod:`mimic_core.upsampling`). All
         take the stock path for autograd; the packed and Winograd layers also for other dtypes and
         devices.
 
@@ -77,6 +80,7 @@ class MimicBrushModels:
         for module in (self.unet, self.referencenet, self.vae):
             winograd_convolutions(module)
         in_place_resnet_blocks(self.vae)
+        winograd_upsamplers(self.vae)
         self.packed_for.clear()
         return self
 

@@ -68,6 +68,18 @@ KERNEL_TRANSFORM = torch.kron(_KERNEL_TRANSFORM, _KERNEL_TRANSFORM).float()
 OUTPUT_TRANSFORM = torch.kron(_OUTPUT_TRANSFORM, _OUTPUT_TRANSFORM).float()
 """16x36: a flattened 6x6 product to its flattened 4x4 output block."""
 
+_UPSAMPLED_TAPS = torch.tensor([
+    [[1, 0, 0], [0, 1, 1], [0, 0, 0]],
+    [[0, 0, 0], [1, 1, 0], [0, 0, 1]],
+], dtype=torch.float64)
+"""For an even (0) and odd (1) output row after a 2x nearest upsampling: which of the 3x3 kernel's
+rows (columns) fall on the input row (column) above (0), at (1) and below (2). An even row 2i sees
+upsampled rows 2i-1, 2i, 2i+1, that is input rows i-1, i, i; an odd one input rows i, i, i+1."""
+UPSAMPLED_KERNEL_TRANSFORM = torch.stack([
+    torch.kron(_KERNEL_TRANSFORM @ _UPSAMPLED_TAPS[row], _KERNEL_TRANSFORM @ _UPSAMPLED_TAPS[column])
+    for row in range(2) for column in range(2)], dim=1).reshape(144, 9).float()
+"""144x9: a flattened 3x3 kernel to the flattened 6x6 transforms of its four phase kernels, position first."""
+
 BLOCK_VALUES = 1 << 23
 """Transformed input values (36 per block and channel) computed at a time, 32 MB: on large images a
 slice of rows of blocks at a time, so that its transforms and products stay small and in the caches."""
@@ -137,6 +149,15 @@ def transform_kernel(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def transform_upsampled_kernel(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The transforms of the four phase kernels of a (out, in, 3, 3) kernel applied after a 2x nearest
+    upsampling (:data:`UPSAMPLED_KERNEL_TRANSFORM`), written into ``out`` (36, 4 * out, in): phase
+    (row, column) = (py, px) first, then the output channel."""
+    out_channels, in_channels = weight.shape[:2]
+    torch.mm(UPSAMPLED_KERNEL_TRANSFORM, weight.reshape(out_channels * in_channels, 9).t(), out=out.view(144, -1))
+    return out
+
+
 def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.conv2d(input, weight, bias, padding=1)`` for a 3x3 kernel, by F(4x4, 3x3), in float32.
 
@@ -147,11 +168,48 @@ def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         return F.conv2d(input, weight, bias, padding=1)
     batch, in_channels, height, width = input.shape
     out_channels = weight.shape[0]
-    block_rows, block_columns = -(-height // 4), -(-width // 4)
     kernel = transform_kernel(weight, out=_workspace.tensor("kernel", 36, out_channels, in_channels))
-    exact_fit = height % 4 == 0 and width % 4 == 0
-    output = input.new_empty(batch, out_channels, block_rows * 4, block_columns * 4)
-    bias = None if bias is None else bias.view(1, -1, 1, 1, 1, 1)
+    output = input.new_empty(batch, out_channels, _blocks(height) * 4, _blocks(width) * 4)
+    _convolve_into(output[:, None, None], input, kernel, bias)
+    return output[:, :, :height, :width].contiguous()
+
+
+def winograd_upsampled_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv2d(F.interpolate(input, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a
+    3x3 kernel, by F(4x4, 3x3) on the input as it is, in float32.
+
+    After a 2x nearest upsampling each of the four output phases (even or odd row, even or odd column)
+    is a 3x3 convolution of the input itself whose kernel sums the original's taps that land on the
+    same input pixel (:data:`UPSAMPLED_KERNEL_TRANSFORM`), so the four run as one convolution of the
+    input with four times the output channels, written straight into their places in the output. The
+    same multiplications as the upsampled input's Winograd convolution, but its input blocks, their
+    transforms and the upsampled copy itself a quarter of the size; the rounding differs by the sums
+    of taps."""
+    if input.numel() == 0:
+        return F.conv2d(F.interpolate(input, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
+    batch, in_channels, height, width = input.shape
+    out_channels = weight.shape[0]
+    kernel = transform_upsampled_kernel(weight, out=_workspace.tensor("kernel", 36, 4 * out_channels, in_channels))
+    block_rows, block_columns = _blocks(height), _blocks(width)
+    output = input.new_empty(batch, out_channels, block_rows * 8, block_columns * 8)
+    phases = output.view(batch, out_channels, block_rows * 4, 2, block_columns * 4, 2).permute(0, 3, 5, 1, 2, 4)
+    _convolve_into(phases, input, kernel, bias)
+    return output[:, :, :2 * height, :2 * width].contiguous()
+
+
+def _blocks(side: int) -> int:
+    """How many 4-wide output blocks cover ``side``."""
+    return -(-side // 4)
+
+
+def _convolve_into(phases: torch.Tensor, input: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Write the convolution of ``input`` by the transformed ``kernel`` (36, phases * out, in) into
+    ``phases`` (batch, p, p, out, rows, columns: each phase's output, whole blocks), a slice of rows of
+    blocks at a time."""
+    batch, in_channels, height, width = input.shape
+    phase_rows, phase_columns, out_channels = phases.shape[1:4]
+    block_rows, block_columns = _blocks(height), _blocks(width)
+    bias = None if bias is None else bias.view(1, 1, 1, -1, 1, 1, 1, 1)
     rows_at_a_time = max(1, BLOCK_VALUES // (36 * in_channels * batch * block_columns))
     for first in range(0, block_rows, rows_at_a_time):
         rows = min(rows_at_a_time, block_rows - first)
@@ -165,17 +223,17 @@ def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         blocks.copy_(padded.unfold(2, 6, 4).unfold(3, 6, 4).permute(4, 5, 1, 0, 2, 3))
         transformed = _workspace.tensor("transformed", 36, in_channels * tiles)
         torch.mm(INPUT_TRANSFORM, blocks.view(36, -1), out=transformed)
-        products = _workspace.tensor("products", 36, out_channels, tiles)
+        products = _workspace.tensor("products", 36, kernel.shape[1], tiles)
         torch.bmm(kernel, transformed.view(36, in_channels, tiles), out=products)
-        outputs = _workspace.tensor("outputs", 16, out_channels * tiles)
+        outputs = _workspace.tensor("outputs", 16, kernel.shape[1] * tiles)
         torch.mm(OUTPUT_TRANSFORM, products.view(36, -1), out=outputs)
-        outputs = outputs.view(4, 4, out_channels, batch, rows, block_columns).permute(3, 2, 4, 0, 5, 1)
-        target = output[:, :, first * 4:(first + rows) * 4].view(batch, out_channels, rows, 4, block_columns, 4)
+        outputs = outputs.view(4, 4, phase_rows, phase_columns, out_channels, batch, rows, block_columns)
+        outputs = outputs.permute(5, 2, 3, 4, 6, 0, 7, 1)
+        target = phases[..., first * 4:(first + rows) * 4, :].unflatten(-2, (rows, 4)).unflatten(-1, (block_columns, 4))
         if bias is None:
             target.copy_(outputs)
         else:
             torch.add(outputs, bias, out=target)
-    return output if exact_fit else output[:, :, :height, :width].contiguous()
 
 
 class WinogradConv2d(nn.Conv2d):

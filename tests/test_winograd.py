@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimic_core import winograd
+from mimic_core import upsampling, winograd
 from mimic_core.edit_options import SamplingOptions
 from mimic_core.pipeline import EncodedReference
 from mimic_core.prepacked import PrepackedConv2d, prepack_convolutions
 from mimic_core.winograd import (PrepackedWinogradConv2d, WinogradConv2d, winograd_conv2d, winograd_convolutions,
-                                 winograd_gains)
+                                 winograd_gains, winograd_upsampled_conv2d)
 
 from tests.support import as_image_tensor
 
@@ -45,6 +45,40 @@ def test_winograd_convolution_is_the_3x3_convolution(batch, in_channels, out_cha
     output = winograd_conv2d(input, weight, bias)
     assert output.shape == (batch, out_channels, height, width) and output.is_contiguous()
     assert _relative_error(output, input, weight, bias) < RELATIVE_ERROR
+
+
+def _upsampled_relative_error(actual: torch.Tensor, input, weight, bias) -> float:
+    return _relative_error(actual, F.interpolate(input.double(), scale_factor=2.0, mode="nearest"), weight, bias)
+
+
+@pytest.mark.parametrize("batch, in_channels, out_channels, height, width, bias", [
+    (1, 8, 16, 16, 16, True),
+    (2, 24, 8, 13, 22, True),  # output sizes that are not multiples of the phases' 8x8 blocks
+    (3, 5, 7, 1, 9, False),
+    (1, 64, 32, 32, 20, True),
+])
+def test_winograd_upsampled_convolution_is_the_convolution_of_the_nearest_upsampling(
+        batch, in_channels, out_channels, height, width, bias):
+    generator = torch.Generator().manual_seed(height * width + out_channels)
+    input = torch.randn(batch, in_channels, height, width, generator=generator)
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=generator) / (9 * in_channels) ** 0.5
+    bias = torch.randn(out_channels, generator=generator) if bias else None
+    output = winograd_upsampled_conv2d(input, weight, bias)
+    assert output.shape == (batch, out_channels, 2 * height, 2 * width) and output.is_contiguous()
+    assert _upsampled_relative_error(output, input, weight, bias) < RELATIVE_ERROR
+
+
+def test_upsampled_slices_of_rows_give_the_whole_image_result(monkeypatch):
+    generator = torch.Generator().manual_seed(4)
+    input = torch.randn(2, 16, 21, 18, generator=generator)
+    weight = torch.randn(12, 16, 3, 3, generator=generator)
+    bias = torch.randn(12, generator=generator)
+    whole = winograd_upsampled_conv2d(input, weight, bias)
+    monkeypatch.setattr(winograd, "BLOCK_VALUES", 36 * 16 * 2 * 5 * 2)  # two rows of blocks a slice
+    sliced = winograd_upsampled_conv2d(input, weight, bias)
+    assert torch.allclose(sliced, whole, rtol=0, atol=1e-6)
+    assert _upsampled_relative_error(sliced, input, weight, bias) < RELATIVE_ERROR
+    assert winograd_upsampled_conv2d(input[:0], weight, bias).shape == (0, 12, 42, 36)
 
 
 def test_slices_of_rows_give_the_whole_image_result(monkeypatch):
@@ -143,12 +177,16 @@ def every_convolution_by_winograd(monkeypatch, tiny_models):
     are far below the sizes where it gains), counting the calls."""
     calls = []
 
-    def counted(*args):
-        calls.append(args[0].shape)
-        return winograd_conv2d(*args)
+    def counted(convolution):
+        def call(*args):
+            calls.append((convolution.__name__, args[0].shape))
+            return convolution(*args)
+        return call
 
     monkeypatch.setattr(winograd, "winograd_gains", lambda *size: True)
-    monkeypatch.setattr(winograd, "winograd_conv2d", counted)
+    monkeypatch.setattr(upsampling, "MIN_INPUT_SIDE", 1)
+    for convolution in (winograd_conv2d, winograd_upsampled_conv2d):
+        monkeypatch.setattr(winograd, convolution.__name__, counted(convolution))
     return calls
 
 
@@ -169,6 +207,9 @@ def test_golden_denoising_loop_and_decoding_hold_with_winograd(every_convolution
         assert not winograd._workspace.buffers  # the loop gives its kept buffers back at its end
         decoded = tiny_models.vae.decode(golden["on"]["final_latents"] / 0.18215).sample
     assert unet_calls > 0 and len(every_convolution_by_winograd) > unet_calls
+    decoder_calls = every_convolution_by_winograd[unet_calls:]
+    # the tiny VAE's three upsamplers convolve their input as it is, not its upsampled copy
+    assert [shape[-1] for name, shape in decoder_calls if name == "winograd_upsampled_conv2d"] == [64, 128, 256]
     assert _max_error(final, expected["final_latents"]) <= 1e-4
     assert _max_error(decoded, golden["on"]["decoded"]) <= 1e-4
 
