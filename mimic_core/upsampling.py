@@ -6,9 +6,10 @@ upsampler, 256 channels at 512²). Each of the four output phases is a 3x3 convo
 itself, with a kernel that sums the taps landing on the same input pixel;
 :func:`~mimic_core.winograd.winograd_upsampled_conv2d` runs the four as one Winograd convolution of
 the input, writing each phase into its place in the output. On a 2-core AMD EPYC the SD VAE's
-upsamplers from a 128x128 input (512 channels) took 0.90 of the time and from 256x256 (256
-channels) 0.82, with no upsampled copy; from 64x64 both took the same, and below (the U-Nets' sizes)
-the four phases' thin products were slower, so smaller inputs take the stock forward.
+last upsampler (256 channels, from 256x256) took 0.82-0.91 of the time, alternating with the
+upsampling and Winograd convolution, and a decoding peaked 0.1 GiB lower; from 128x128 (512
+channels) it measured 0.90 once and 1.0-1.14 in later runs, and at the U-Nets' sizes the four
+phases' thin products were slower, so smaller inputs take the stock forward.
 
 :func:`winograd_upsamplers` turns a module's ``Upsample2D`` layers into :class:`WinogradUpsample2D`:
 same parameters, same state dict. The fast path calls the convolution's weight directly, so hooks on
@@ -26,9 +27,9 @@ from .prepacked import PrepackedConv2d, cpu_inference_call
 from . import winograd
 from .winograd import PrepackedWinogradConv2d, WinogradConv2d, is_winograd_shaped
 
-MIN_INPUT_SIDE = 128
+MIN_INPUT_SIDE = 256
 """From this input side up the upsampled Winograd convolution measured faster than upsampling and
-then convolving by Winograd (the SD VAE decoder's last two upsamplers)."""
+then convolving by Winograd (the SD VAE decoder's last upsampler)."""
 
 
 class WinogradUpsample2D(Upsample2D):

@@ -15,6 +15,10 @@ convolutions at 64x64 and 32x32 latents run here in 0.51-0.73 of the packed oneD
 VAE's in 0.45-0.78 of the stock time (:func:`winograd_gains` says where it is used). The kernel's
 transform is made at each call, not kept: at 36/9 of the kernel's size, kept transforms of the
 U-Nets' convolutions would take more memory than the exact mode may.
+
+:func:`winograd_upsampled_conv2d` computes a 3x3 convolution of an input upsampled 2x (nearest) from
+the input itself: its four output phases are four 3x3 convolutions of the input, run as one with
+four times the output channels (the VAE decoder's upsamplers: :mod:`mimic_core.upsampling`).
 """
 
 from __future__ import annotations
@@ -194,7 +198,16 @@ def winograd_upsampled_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: t
     output = input.new_empty(batch, out_channels, block_rows * 8, block_columns * 8)
     phases = output.view(batch, out_channels, block_rows * 4, 2, block_columns * 4, 2).permute(0, 3, 5, 1, 2, 4)
     _convolve_into(phases, input, kernel, bias)
+    # four phases' kernels are four times a plain convolution's: not kept through the layers after this one
+    for role in UPSAMPLED_ROLES:
+        _workspace.buffers.pop(role, None)
     return output[:, :, :2 * height, :2 * width].contiguous()
+
+
+UPSAMPLED_ROLES = ("kernel", "products", "outputs")
+"""The kept buffers :func:`winograd_upsampled_conv2d` gives back after it: its four phases make them
+four times the size a plain convolution of its channels needs, and the VAE's 512x512 layers that
+follow, where the decoding peaks, would otherwise hold them."""
 
 
 def _blocks(side: int) -> int:
