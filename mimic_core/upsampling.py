@@ -1,4 +1,4 @@
-"""The VAE decoder's upsamplers convolve their input as it is, not its 2x nearest-upsampled copy.
+"""The VAE decoder's large upsamplers convolve their input as it is, not its 2x nearest-upsampled copy.
 
 diffusers' ``Upsample2D`` repeats every pixel into a 2x2 square (``F.interpolate``, nearest) and
 then runs a 3x3 convolution on that copy, four times the input's size (268 MB at the SD VAE's last
@@ -8,8 +8,10 @@ itself, with a kernel that sums the taps landing on the same input pixel;
 the input, writing each phase into its place in the output. On a 2-core AMD EPYC the SD VAE's
 last upsampler (256 channels, from 256x256) took 0.82-0.91 of the time, alternating with the
 upsampling and Winograd convolution, and a decoding peaked 0.1 GiB lower; from 128x128 (512
-channels) it measured 0.90 once and 1.0-1.14 in later runs, and at the U-Nets' sizes the four
-phases' thin products were slower, so smaller inputs take the stock forward.
+channels) it measured 0.90 once and 1.0-1.14 in later runs; at the U-Nets' sizes the four phases'
+thin products were slower at 1280 channels (3.4x, from 16x16) and at batch 1 (1.4x at 640 channels
+from 32x32), and at 640 channels, batch 2, 0.6 in one run and 1.0 in another. Smaller inputs take
+the stock forward, and only the VAE's upsamplers are converted.
 
 :func:`winograd_upsamplers` turns a module's ``Upsample2D`` layers into :class:`WinogradUpsample2D`:
 same parameters, same state dict. The fast path calls the convolution's weight directly, so hooks on

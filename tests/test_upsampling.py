@@ -70,6 +70,6 @@ def test_the_loaded_vae_decoder_has_its_upsamplers_converted(tiny_models):
     upsamplers = [layer for layer in tiny_models.vae.modules() if isinstance(layer, Upsample2D)]
     assert len(upsamplers) == 3 and all(type(layer) is WinogradUpsample2D for layer in upsamplers)
     assert all(type(layer.conv) is WinogradConv2d for layer in upsamplers)
-    # the U-Nets' upsamplers run at inputs of at most 32x32, where the stock forward was faster
+    # the U-Nets' upsamplers (inputs of at most 32x32) keep the stock one
     assert not any(isinstance(layer, WinogradUpsample2D)
                    for unet in (tiny_models.unet, tiny_models.referencenet) for layer in unet.modules())
