@@ -178,6 +178,12 @@ def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return output[:, :, :height, :width].contiguous()
 
 
+UPSAMPLED_ROLES = ("kernel", "products", "outputs")
+"""The kept buffers :func:`winograd_upsampled_conv2d` gives back after it: its four phases make them
+four times the size a plain convolution of its channels needs, and the VAE's 512x512 layers that
+follow, where the decoding peaks, would otherwise hold them."""
+
+
 def winograd_upsampled_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.conv2d(F.interpolate(input, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a
     3x3 kernel, by F(4x4, 3x3) on the input as it is, in float32.
@@ -198,16 +204,9 @@ def winograd_upsampled_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: t
     output = input.new_empty(batch, out_channels, block_rows * 8, block_columns * 8)
     phases = output.view(batch, out_channels, block_rows * 4, 2, block_columns * 4, 2).permute(0, 3, 5, 1, 2, 4)
     _convolve_into(phases, input, kernel, bias)
-    # four phases' kernels are four times a plain convolution's: not kept through the layers after this one
     for role in UPSAMPLED_ROLES:
         _workspace.buffers.pop(role, None)
     return output[:, :, :2 * height, :2 * width].contiguous()
-
-
-UPSAMPLED_ROLES = ("kernel", "products", "outputs")
-"""The kept buffers :func:`winograd_upsampled_conv2d` gives back after it: its four phases make them
-four times the size a plain convolution of its channels needs, and the VAE's 512x512 layers that
-follow, where the decoding peaks, would otherwise hold them."""
 
 
 def _blocks(side: int) -> int:
