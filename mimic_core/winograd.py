@@ -240,10 +240,11 @@ def _convolve_into(phases: torch.Tensor, input: torch.Tensor, kernel: torch.Tens
         torch.matmul(INPUT_TRANSFORM, blocks.view(tiles, 36, in_channels), out=transformed)
         products = _workspace.tensor("products", 36, kernel.shape[1], tiles)
         torch.bmm(kernel, transformed.permute(1, 2, 0), out=products)
-        outputs = _workspace.tensor("outputs", 16, kernel.shape[1] * tiles)
-        torch.mm(OUTPUT_TRANSFORM, products.view(36, -1), out=outputs)
-        outputs = outputs.view(4, 4, phase_rows, phase_columns, out_channels, batch, rows, block_columns)
-        outputs = outputs.permute(5, 2, 3, 4, 6, 0, 7, 1)
+        # each block's 16 outputs side by side: 0.75-0.95 of the time of the outputs position by position
+        outputs = _workspace.tensor("outputs", kernel.shape[1] * tiles, 16)
+        torch.mm(products.view(36, -1).t(), OUTPUT_TRANSFORM.t(), out=outputs)
+        outputs = outputs.view(phase_rows, phase_columns, out_channels, batch, rows, block_columns, 4, 4)
+        outputs = outputs.permute(3, 0, 1, 2, 4, 6, 5, 7)
         target = phases[..., first * 4:(first + rows) * 4, :].unflatten(-2, (rows, 4)).unflatten(-1, (block_columns, 4))
         if bias is None:
             target.copy_(outputs)
