@@ -162,20 +162,41 @@ def transform_upsampled_kernel(weight: torch.Tensor, out: torch.Tensor) -> torch
     return out
 
 
-def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    in_place: bool = False) -> torch.Tensor:
     """``F.conv2d(input, weight, bias, padding=1)`` for a 3x3 kernel, by F(4x4, 3x3), in float32.
 
     A slice of rows of blocks at a time (:data:`BLOCK_VALUES`), each slice padded on its own and its
     result, bias added, written straight into the output. The kernel's transform and each slice's
-    intermediates live in this thread's :class:`Workspace`."""
+    intermediates live in this thread's :class:`Workspace`.
+
+    With ``in_place`` the output is written over ``input`` and ``input`` is returned, where
+    :func:`convolves_in_place` allows it (otherwise the call fails): the caller must hold the only
+    reference to it. Each slice's input is read before the slice above writes its output, so the
+    result is the same, bit for bit, without a fresh output tensor of the input's size (whose pages,
+    at the VAE's 512x512 layers 134 MB, are each faulted in)."""
+    if in_place and not convolves_in_place(input, weight):
+        raise ValueError("winograd_conv2d in place needs a contiguous input with as many channels as the output "
+                         "and sides that are multiples of 4")
     if input.numel() == 0:
         return F.conv2d(input, weight, bias, padding=1)
     batch, in_channels, height, width = input.shape
     out_channels = weight.shape[0]
     kernel = transform_kernel(weight, out=_workspace.tensor("kernel", 36, out_channels, in_channels))
+    if in_place:
+        _convolve_into(input[:, None, None], input, kernel, bias)
+        return input
     output = input.new_empty(batch, out_channels, _blocks(height) * 4, _blocks(width) * 4)
     _convolve_into(output[:, None, None], input, kernel, bias)
     return output[:, :, :height, :width].contiguous()
+
+
+def convolves_in_place(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`winograd_conv2d` can write its output over ``input``: a contiguous, non-empty
+    input with as many channels as ``weight`` has outputs and sides that are whole blocks (multiples
+    of 4), so that the output has the input's shape and layout."""
+    return (input.dim() == 4 and input.numel() > 0 and input.is_contiguous() and weight.shape[0] == input.shape[1]
+            and input.shape[2] % 4 == 0 and input.shape[3] % 4 == 0)
 
 
 UPSAMPLED_ROLES = ("kernel", "products", "outputs")
@@ -214,6 +235,19 @@ def _blocks(side: int) -> int:
     return -(-side // 4)
 
 
+def _padded_rows(input: torch.Tensor, first: int, rows: int, block_columns: int) -> torch.Tensor | None:
+    """The input around ``rows`` rows of blocks from block row ``first`` (at most to the last): image rows
+    ``first*4 - 1`` to ``(first + rows)*4 + 1`` and columns -1 to ``block_columns*4 + 1``, zero outside
+    the image, as a new tensor; None past the last block row."""
+    height, width = input.shape[2:]
+    rows = min(rows, _blocks(height) - first)
+    if rows <= 0:
+        return None
+    top, bottom = first * 4 - 1, (first + rows) * 4 + 1
+    return F.pad(input[:, :, max(top, 0):min(bottom, height)],
+                 (1, block_columns * 4 + 1 - width, max(-top, 0), max(bottom - height, 0)))
+
+
 def _convolve_into(phases: torch.Tensor, input: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Write the convolution of ``input`` by the transformed ``kernel`` (36, phases * out, in) into
     ``phases`` (batch, p, p, out, rows, columns: each phase's output, whole blocks), a slice of rows of
@@ -223,13 +257,10 @@ def _convolve_into(phases: torch.Tensor, input: torch.Tensor, kernel: torch.Tens
     block_rows, block_columns = _blocks(height), _blocks(width)
     bias = None if bias is None else bias.view(1, 1, 1, -1, 1, 1, 1, 1)
     rows_at_a_time = max(1, BLOCK_VALUES // (36 * in_channels * batch * block_columns))
+    padded = _padded_rows(input, 0, rows_at_a_time, block_columns)
     for first in range(0, block_rows, rows_at_a_time):
         rows = min(rows_at_a_time, block_rows - first)
         tiles = batch * rows * block_columns
-        # input rows first*4 - 1 ... (first + rows)*4 + 1, zero outside the image
-        top, bottom = first * 4 - 1, (first + rows) * 4 + 1
-        padded = F.pad(input[:, :, max(top, 0):min(bottom, height)],
-                       (1, block_columns * 4 + 1 - width, max(-top, 0), max(bottom - height, 0)))
         # block by block, each a 36 x in matrix (positions by channels), transformed by a product per block:
         # 0.90-0.95 of the time of one 36 x 36 product over a positions-first copy, which the BLAS
         # runs slowly for its 36 rows; the channels-inner layout still gives each position's
@@ -246,6 +277,9 @@ def _convolve_into(phases: torch.Tensor, input: torch.Tensor, kernel: torch.Tens
         outputs = outputs.view(phase_rows, phase_columns, out_channels, batch, rows, block_columns, 4, 4)
         outputs = outputs.permute(3, 0, 1, 2, 4, 6, 5, 7)
         target = phases[..., first * 4:(first + rows) * 4, :].unflatten(-2, (rows, 4)).unflatten(-1, (block_columns, 4))
+        # the next slice's rows are copied before this slice writes: written in place, this slice's
+        # output covers the input row above the next slice
+        padded = _padded_rows(input, first + rows, rows_at_a_time, block_columns)
         if bias is None:
             target.copy_(outputs)
         else:
@@ -261,6 +295,14 @@ class WinogradConv2d(nn.Conv2d):
         if not self._winograd_serves(input):
             return super().forward(input)
         return winograd_conv2d(input, self.weight, self.bias)
+
+    def forward_in_place(self, input: torch.Tensor) -> torch.Tensor:
+        """This layer's function of ``input``, written over ``input`` (and ``input`` returned) where the
+        Winograd path serves and :func:`convolves_in_place` allows, else :meth:`forward`'s new tensor; for a
+        caller that holds the only reference to ``input``. Hooks on the layer do not run in place."""
+        if self._winograd_serves(input) and convolves_in_place(input, self.weight):
+            return winograd_conv2d(input, self.weight, self.bias, in_place=True)
+        return self(input)
 
     def _winograd_serves(self, input: torch.Tensor) -> bool:
         return (input.dim() == 4 and input.numel() > 0 and input.dtype is torch.float32 and is_winograd_shaped(self)

@@ -13,7 +13,9 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.resnet import ResnetBlock2D
 
+from mimic_core import winograd
 from mimic_core.resnet_blocks import InPlaceResnetBlock2D, autocast_enabled, in_place_resnet_blocks
+from mimic_core.winograd import winograd_convolutions
 from tests.support import require_fixture
 
 
@@ -150,6 +152,32 @@ def test_autograd_and_active_dropout_take_the_stock_forward():
     x.requires_grad_(True)
     in_place(x, None).square().sum().backward()
     assert len(stock_calls) == 6, "an input that records autograd takes the stock forward"
+
+
+@pytest.mark.parametrize("settings", [{}, {"out_channels": 12}], ids=["same channels", "with a 1x1 shortcut"])
+def test_winograd_convolutions_of_an_in_place_block_write_over_their_inputs(monkeypatch, settings):
+    """In a block whose convolutions run by Winograd's algorithm, each convolution with as many output
+    as input channels writes over the GroupNorm's tensor it reads; the result is the stock block's."""
+    stock, in_place, _ = _pair(**settings)
+    monkeypatch.setattr(winograd, "winograd_gains", lambda *size: True)
+    for block in (stock, in_place):
+        winograd_convolutions(block)
+    in_place_calls = []
+    convolution = winograd.winograd_conv2d
+
+    def recorded(*args, in_place=False):
+        in_place_calls.append(in_place)
+        return convolution(*args, in_place=in_place)
+
+    x = torch.randn(2, 8, 12, 8)
+    before = x.clone()
+    with torch.inference_mode():
+        theirs = stock(x, None)
+        monkeypatch.setattr(winograd, "winograd_conv2d", recorded)
+        ours = in_place(x, None)
+    assert torch.equal(ours, theirs) and torch.equal(x, before)
+    # conv1 maps 8 channels to out_channels, conv2 out_channels to out_channels
+    assert in_place_calls == [stock.conv1.in_channels == stock.conv1.out_channels, True]
 
 
 def test_the_fixture_vae_encodes_and_decodes_bit_for_bit_with_in_place_blocks():

@@ -84,6 +84,52 @@ def test_slices_of_rows_give_the_whole_image_result(monkeypatch, upsampled):
     assert error(sliced, input, weight, bias) < RELATIVE_ERROR
 
 
+@pytest.mark.parametrize("batch, height, width, bias, rows_a_slice", [
+    (1, 36, 28, True, 2),  # slices of two rows of blocks: each slice's output covers the next one's top row
+    (2, 20, 44, False, 3),
+    (1, 16, 16, True, None),  # one slice
+])
+def test_a_convolution_in_place_writes_the_result_over_its_input(monkeypatch, batch, height, width, bias, rows_a_slice):
+    generator = torch.Generator().manual_seed(height + width)
+    input = torch.randn(batch, 12, height, width, generator=generator)
+    weight = torch.randn(12, 12, 3, 3, generator=generator) / 36 ** 0.5
+    bias = torch.randn(12, generator=generator) if bias else None
+    if rows_a_slice:
+        monkeypatch.setattr(winograd, "BLOCK_VALUES", 36 * 12 * batch * (width // 4) * rows_a_slice)
+    expected = winograd_conv2d(input, weight, bias)
+    assert winograd.convolves_in_place(input, weight)
+    output = winograd_conv2d(input, weight, bias, in_place=True)
+    assert output is input
+    assert torch.equal(output, expected)
+
+
+@pytest.mark.parametrize("input, weight", [
+    (torch.randn(1, 8, 16, 16), torch.randn(4, 8, 3, 3)),  # fewer output channels: another shape
+    (torch.randn(1, 8, 18, 16), torch.randn(8, 8, 3, 3)),  # a side that is not whole blocks
+    (torch.randn(1, 16, 16, 8).permute(0, 3, 1, 2), torch.randn(8, 8, 3, 3)),  # not contiguous
+    (torch.zeros(0, 8, 16, 16), torch.randn(8, 8, 3, 3)),
+], ids=["channels", "side", "layout", "empty"])
+def test_a_convolution_refuses_to_write_over_an_input_it_cannot_replace(input, weight):
+    before = input.clone()
+    assert not winograd.convolves_in_place(input, weight)
+    with pytest.raises(ValueError, match="in place"):
+        winograd_conv2d(input, weight, None, in_place=True)
+    assert torch.equal(input, before)
+
+
+def test_a_layer_writes_over_its_input_only_where_winograd_serves_it():
+    torch.manual_seed(7)
+    layer = nn.Conv2d(64, 64, 3, padding=1)
+    winograd_convolutions(layer)
+    large, small = torch.randn(1, 64, 32, 32), torch.randn(1, 64, 16, 16)  # small: below MIN_SIDE, stock
+    with torch.inference_mode():
+        expected_large, expected_small = layer(large), layer(small)
+        small_before = small.clone()
+        assert layer.forward_in_place(large) is large and torch.equal(large, expected_large)
+        output = layer.forward_in_place(small)
+    assert output is not small and torch.equal(small, small_before) and torch.equal(output, expected_small)
+
+
 def test_kept_buffers_do_not_carry_one_call_into_another():
     generator = torch.Generator().manual_seed(5)
     small, large = torch.randn(1, 8, 12, 12, generator=generator), torch.randn(2, 24, 40, 36, generator=generator)
@@ -170,9 +216,9 @@ def every_convolution_by_winograd(monkeypatch, tiny_models):
     calls = []
 
     def counted(convolution):
-        def call(*args):
+        def call(*args, **kwargs):
             calls.append((convolution.__name__, args[0].shape))
-            return convolution(*args)
+            return convolution(*args, **kwargs)
         return call
 
     monkeypatch.setattr(winograd, "winograd_gains", lambda *size: True)
