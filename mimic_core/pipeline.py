@@ -96,6 +96,9 @@ class EncodedReference:
             raise InputError("No reference was given to join: give at least one encoded reference.")
         if not all(reference.imitates for reference in references):
             raise InputError("An edit without a reference cannot be joined with references: leave it out.")
+        if len({tuple(reference.embeds_cond.shape[1:]) for reference in references}) > 1:
+            raise InputError("The references to join were encoded by MimicBrush models of different architectures: "
+                             "encode every reference with the model that edits.")
         images = [image for reference in references for image in reference.images]
         masks = None
         if any(reference.masks is not None for reference in references):
@@ -265,6 +268,21 @@ class MimicBrushPipeline:
             self._blank_embedding = (weights, projection(hidden))
         return self._blank_embedding[1]
 
+    def _require_own_encoding(self, reference: EncodedReference) -> None:
+        """Refuse, before any network runs, a reference encoded by a MimicBrush model of another
+        architecture: its image embeddings (tokens by width) or VAE latents (channels) are not this
+        model's, and the U-Nets would fail on them deep inside a step."""
+        encoder = self.models.image_encoder.config
+        expected = ((encoder.image_size // encoder.patch_size) ** 2 + 1, self.models.image_proj.projector.out_features)
+        embeddings = {tuple(reference.embeds_cond.shape[1:]), tuple(reference.embeds_uncond.shape[1:])}
+        channels = {mean.shape[1] for mean, _ in reference.posteriors.values()}
+        if embeddings != {expected} or channels - {self.models.vae.config.latent_channels}:
+            tokens, width = next(iter(embeddings - {expected}), expected)
+            raise InputError(f"The encoded reference was made by a MimicBrush model of another architecture (image "
+                             f"embeddings of {tokens} tokens of {width}, where this model's are {expected[0]} of "
+                             f"{expected[1]}): encode the reference with the model that edits (in ComfyUI, connect "
+                             "MimicBrush Encode Reference to the MimicBrush Loader the sampler uses).")
+
     def _reference_posterior(self, encoded: EncodedReference, working_size: int):
         if working_size not in encoded.posteriors:
             encoded.posteriors[working_size] = self._posterior(encoded.images, working_size)
@@ -340,6 +358,8 @@ class MimicBrushPipeline:
         source_uint8 = pre.image_to_uint8(source, "source image")
         height, width = source_uint8.shape[:2]
         binary_mask = pre.mask_to_binary(mask, height, width)
+        if isinstance(reference, EncodedReference):
+            self._require_own_encoding(reference)
         if isinstance(reference, EncodedReference) and not reference.imitates:
             encoded = reference
         elif isinstance(reference, EncodedReference):

@@ -126,6 +126,9 @@ CASES = [
     BadInput(ENGINE, "steps=1001", "steps must be at most 1000 (the model's noise schedule)", {"steps": 1001}),
     BadInput(ENGINE, "depth_map with NaN", "The depth map holds NaN or infinite values",
              {"keep_shape": True, "depth_map": "NaN depth map"}),
+    BadInput(ENGINE, "an EncodedReference made by a model of another architecture",
+             "The encoded reference was made by a MimicBrush model of another architecture",
+             {"reference": "another architecture's encoded reference"}),
 
     BadInput(NODE, "Sampler guidance NaN (API prompt)", NOT_FINITE_GUIDANCE,
              {"MimicBrushSampler.guidance": float("nan")}),

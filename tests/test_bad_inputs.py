@@ -19,7 +19,7 @@ from mimic_core.errors import InputError
 from mimic_core.image_files import read_image, read_mask
 from mimic_core.models import load_models
 from mimic_core.output_images import write_images
-from mimic_core.pipeline import MimicBrushPipeline
+from mimic_core.pipeline import EncodedReference, MimicBrushPipeline
 from tests.bad_inputs import CASES, CLI, ENGINE, BadInput
 from tests.support import REPO
 
@@ -165,6 +165,9 @@ def prepared(name: str, inputs: dict) -> torch.Tensor:
         "faint mask": (mask > 0.5).float() * 0.5,
         "label mask": (mask > 0.5).to(torch.uint8),
         "NaN depth map": torch.full((1, 1, 8, 8), torch.nan),
+        # image embeddings of 5 tokens of 7 features: neither the demo's architecture nor the released one
+        "another architecture's encoded reference": EncodedReference(
+            [np.full((16, 16, 3), 255, np.uint8)], torch.zeros(1, 5, 7), torch.zeros(1, 5, 7)),
     }[name]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from mimic_core import preprocess as pre
 from mimic_core.attention import ReferenceBank, ReferenceReadProcessor, joined_reference_tokens
 from mimic_core.edit_options import OptionError, SamplingOptions
 from mimic_core.errors import InputError
+from mimic_core.pipeline import EncodedReference
 
 STEPS = 2
 
@@ -213,7 +215,7 @@ def test_references_encoded_apart_and_joined_edit_as_if_encoded_together(tiny_pi
     other = reference.flip(2)
     left_half = torch.zeros(reference.shape[1:3])
     left_half[:, : reference.shape[2] // 2] = 1
-    joined = type(tiny_pipeline.encode_reference(reference)).joined(
+    joined = EncodedReference.joined(
         [tiny_pipeline.encode_reference(reference, left_half), tiny_pipeline.encode_reference(other)])
     together = tiny_pipeline.encode_reference([reference, other], [left_half, torch.ones(reference.shape[1:3])])
     assert len(joined.images) == 2 and [m.all() for m in joined.masks] == [False, True]
@@ -223,4 +225,12 @@ def test_references_encoded_apart_and_joined_edit_as_if_encoded_together(tiny_pi
     alone = tiny_pipeline.edit(source, mask, tiny_pipeline.encode_reference(reference, left_half), steps=STEPS, seed=5)
     assert not torch.equal(edits[0], alone.latents)
     with pytest.raises(InputError, match="cannot be joined"):
-        type(joined).joined([joined, tiny_pipeline.no_reference()])
+        EncodedReference.joined([joined, tiny_pipeline.no_reference()])
+
+
+def test_references_encoded_by_models_of_different_architectures_are_not_joined():
+    white = np.full((16, 16, 3), 255, np.uint8)
+    ours, theirs = (EncodedReference([white], torch.zeros(1, tokens, 7), torch.zeros(1, tokens, 7)) for tokens in (5, 9))
+    with pytest.raises(InputError, match="encoded by MimicBrush models of different architectures"):
+        EncodedReference.joined([ours, theirs])
+    assert EncodedReference.joined([ours, ours]).embeds_cond.shape == (2, 5, 7)
