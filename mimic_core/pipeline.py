@@ -96,7 +96,9 @@ class EncodedReference:
             raise InputError("No reference was given to join: give at least one encoded reference.")
         if not all(reference.imitates for reference in references):
             raise InputError("An edit without a reference cannot be joined with references: leave it out.")
-        if len({tuple(reference.embeds_cond.shape[1:]) for reference in references}) > 1:
+        embeddings = {tuple(reference.embeds_cond.shape[1:]) for reference in references}
+        latent_channels = {mean.shape[1] for reference in references for mean, _ in reference.posteriors.values()}
+        if len(embeddings) > 1 or len(latent_channels) > 1:
             raise InputError("The references to join were encoded by MimicBrush models of different architectures: "
                              "encode every reference with the model that edits.")
         images = [image for reference in references for image in reference.images]
@@ -276,12 +278,17 @@ class MimicBrushPipeline:
         expected = ((encoder.image_size // encoder.patch_size) ** 2 + 1, self.models.image_proj.projector.out_features)
         embeddings = {tuple(reference.embeds_cond.shape[1:]), tuple(reference.embeds_uncond.shape[1:])}
         channels = {mean.shape[1] for mean, _ in reference.posteriors.values()}
-        if embeddings != {expected} or channels - {self.models.vae.config.latent_channels}:
-            tokens, width = next(iter(embeddings - {expected}), expected)
-            raise InputError(f"The encoded reference was made by a MimicBrush model of another architecture (image "
-                             f"embeddings of {tokens} tokens of {width}, where this model's are {expected[0]} of "
-                             f"{expected[1]}): encode the reference with the model that edits (in ComfyUI, connect "
-                             "MimicBrush Encode Reference to the MimicBrush Loader the sampler uses).")
+        latent_channels = self.models.vae.config.latent_channels
+        if embeddings != {expected}:
+            tokens, width = next(iter(embeddings - {expected}))
+            found = f"image embeddings of {tokens} tokens of {width}, where this model's are {expected[0]} of {expected[1]}"
+        elif channels - {latent_channels}:
+            found = f"VAE latents of {max(channels - {latent_channels})} channels, where this model's have {latent_channels}"
+        else:
+            return
+        raise InputError(f"The encoded reference was made by a MimicBrush model of another architecture ({found}): "
+                         "encode the reference with the model that edits (in ComfyUI, connect MimicBrush Encode "
+                         "Reference to the MimicBrush Loader the sampler uses).")
 
     def _reference_posterior(self, encoded: EncodedReference, working_size: int):
         if working_size not in encoded.posteriors:

@@ -8,8 +8,9 @@ division can all write into the tensor just made by the step before
 (GroupNorm's output, a convolution's output), which nothing else holds: the same operations on the
 same values, in the same order, so the result is the same bit for bit, with half the fresh tensors.
 A convolution run by Winograd's algorithm (:mod:`mimic_core.winograd`) writes its output over its
-input, the GroupNorm and SiLU's tensor, where it has as many output channels as input channels,
-which leaves two fresh tensors of the four a block made.
+input, the GroupNorm and SiLU's tensor, where it has as many output channels as input channels (and
+the sides are multiples of 4): a block that keeps its channel count then makes two fresh tensors
+of the four, one that changes it three.
 The U-Nets keep the stock block: at their sizes (10 MB at the 64x64 latents) a full-size U-Net pass
 measured no faster in place (7.95 s against 7.78 s, four passes each way, alternating).
 

@@ -194,9 +194,11 @@ def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 def convolves_in_place(input: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv2d` can write its output over ``input``: a contiguous, non-empty
     input with as many channels as ``weight`` has outputs and sides that are whole blocks (multiples
-    of 4), so that the output has the input's shape and layout."""
+    of 4), so that the output has the input's shape and layout, and that may be written here (an
+    inference tensor only in inference mode)."""
     return (input.dim() == 4 and input.numel() > 0 and input.is_contiguous() and weight.shape[0] == input.shape[1]
-            and input.shape[2] % 4 == 0 and input.shape[3] % 4 == 0)
+            and input.shape[2] % 4 == 0 and input.shape[3] % 4 == 0
+            and (not input.is_inference() or torch.is_inference_mode_enabled()))
 
 
 UPSAMPLED_ROLES = ("kernel", "products", "outputs")

@@ -198,6 +198,18 @@ def test_the_engine_refuses_a_bad_input_before_any_network_runs_or_edits_it_corr
         assert torch.equal(edit(demo, case.change).images, expected)
 
 
+def test_an_encoded_reference_with_another_architectures_latents_is_refused_before_any_network_runs(demo):
+    pipeline, inputs, calls = demo
+    blank = pipeline.blank_embedding()  # this model's image embeddings: only the latents differ
+    calls.clear()
+    latent = pipeline.models.latent_size(DEMO_WORKING_SIZE)
+    reference = EncodedReference([np.full((16, 16, 3), 255, np.uint8)], blank, blank)
+    reference.posteriors[DEMO_WORKING_SIZE] = (torch.zeros(1, 8, latent, latent), torch.ones(1, 8, latent, latent))
+    with pytest.raises(InputError, match="VAE latents of 8 channels, where this model's have 4") as refusal:
+        pipeline.edit(inputs["source"], inputs["mask"], reference, steps=STEPS, seed=5)
+    assert "another architecture" in str(refusal.value) and calls == []
+
+
 # --- a finished edit is never lost -------------------------------------------------------------------
 
 def test_an_edit_that_cannot_be_written_is_kept_in_the_temporary_folder_and_the_message_says_where(tmp_path):

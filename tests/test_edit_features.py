@@ -228,9 +228,20 @@ def test_references_encoded_apart_and_joined_edit_as_if_encoded_together(tiny_pi
         EncodedReference.joined([joined, tiny_pipeline.no_reference()])
 
 
-def test_references_encoded_by_models_of_different_architectures_are_not_joined():
-    white = np.full((16, 16, 3), 255, np.uint8)
-    ours, theirs = (EncodedReference([white], torch.zeros(1, tokens, 7), torch.zeros(1, tokens, 7)) for tokens in (5, 9))
+def _encoded(tokens: int = 5, latent_channels: int | None = 4) -> EncodedReference:
+    encoded = EncodedReference([np.full((16, 16, 3), 255, np.uint8)], torch.zeros(1, tokens, 7), torch.zeros(1, tokens, 7))
+    if latent_channels is not None:
+        encoded.posteriors[64] = (torch.zeros(1, latent_channels, 8, 8), torch.ones(1, latent_channels, 8, 8))
+    return encoded
+
+
+@pytest.mark.parametrize("other", [_encoded(tokens=9), _encoded(latent_channels=8)], ids=["embeddings", "latents"])
+def test_references_encoded_by_models_of_different_architectures_are_not_joined(other):
     with pytest.raises(InputError, match="encoded by MimicBrush models of different architectures"):
-        EncodedReference.joined([ours, theirs])
-    assert EncodedReference.joined([ours, ours]).embeds_cond.shape == (2, 5, 7)
+        EncodedReference.joined([_encoded(), other])
+
+
+def test_references_of_one_architecture_join_with_or_without_a_shared_working_size():
+    assert EncodedReference.joined([_encoded(), _encoded()]).embeds_cond.shape == (2, 5, 7)
+    # a reference holding no latents yet (joined from others encoded at different sizes) joins too
+    assert EncodedReference.joined([_encoded(), _encoded(latent_channels=None)]).posteriors == {}

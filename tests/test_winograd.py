@@ -84,6 +84,11 @@ def test_slices_of_rows_give_the_whole_image_result(monkeypatch, upsampled):
     assert error(sliced, input, weight, bias) < RELATIVE_ERROR
 
 
+def _inference_tensor(*shape: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.randn(*shape)
+
+
 @pytest.mark.parametrize("batch, height, width, bias, rows_a_slice", [
     (1, 36, 28, True, 2),  # slices of two rows of blocks: each slice's output covers the next one's top row
     (2, 20, 44, False, 3),
@@ -108,7 +113,8 @@ def test_a_convolution_in_place_writes_the_result_over_its_input(monkeypatch, ba
     (torch.randn(1, 8, 18, 16), torch.randn(8, 8, 3, 3)),  # a side that is not whole blocks
     (torch.randn(1, 16, 16, 8).permute(0, 3, 1, 2), torch.randn(8, 8, 3, 3)),  # not contiguous
     (torch.zeros(0, 8, 16, 16), torch.randn(8, 8, 3, 3)),
-], ids=["channels", "side", "layout", "empty"])
+    (_inference_tensor(1, 8, 16, 16), torch.randn(8, 8, 3, 3)),  # made in inference mode, written outside it
+], ids=["channels", "side", "layout", "empty", "inference tensor"])
 def test_a_convolution_refuses_to_write_over_an_input_it_cannot_replace(input, weight):
     before = input.clone()
     assert not winograd.convolves_in_place(input, weight)
