@@ -80,6 +80,10 @@ class EncodedReference:
         count, tokens, width = self.embeds_cond.shape
         return self.embeds_cond.reshape(1, count * tokens, width), self.embeds_uncond.repeat(1, count, 1)
 
+    def latent_channels(self) -> set[int]:
+        """The channel counts of the VAE latents it holds (none before any working size is encoded)."""
+        return {mean.shape[1] for mean, _ in self.posteriors.values()}
+
     def keep_at(self, working_size: int, latent_size: int) -> torch.Tensor | None:
         """``[R, 1, h, w]`` 0/1 on the latent grid: where on each image to imitate (None: everywhere)."""
         if self.masks is None:
@@ -97,8 +101,7 @@ class EncodedReference:
         if not all(reference.imitates for reference in references):
             raise InputError("An edit without a reference cannot be joined with references: leave it out.")
         embeddings = {tuple(reference.embeds_cond.shape[1:]) for reference in references}
-        latent_channels = {mean.shape[1] for reference in references for mean, _ in reference.posteriors.values()}
-        if len(embeddings) > 1 or len(latent_channels) > 1:
+        if len(embeddings) > 1 or len(set().union(*(reference.latent_channels() for reference in references))) > 1:
             raise InputError("The references to join were encoded by MimicBrush models of different architectures: "
                              "encode every reference with the model that edits.")
         images = [image for reference in references for image in reference.images]
@@ -277,7 +280,7 @@ class MimicBrushPipeline:
         encoder = self.models.image_encoder.config
         expected = ((encoder.image_size // encoder.patch_size) ** 2 + 1, self.models.image_proj.projector.out_features)
         embeddings = {tuple(reference.embeds_cond.shape[1:]), tuple(reference.embeds_uncond.shape[1:])}
-        channels = {mean.shape[1] for mean, _ in reference.posteriors.values()}
+        channels = reference.latent_channels()
         latent_channels = self.models.vae.config.latent_channels
         if embeddings != {expected}:
             tokens, width = next(iter(embeddings - {expected}))
@@ -367,11 +370,9 @@ class MimicBrushPipeline:
         binary_mask = pre.mask_to_binary(mask, height, width)
         if isinstance(reference, EncodedReference):
             self._require_own_encoding(reference)
-        if isinstance(reference, EncodedReference) and not reference.imitates:
-            encoded = reference
-        elif isinstance(reference, EncodedReference):
-            encoded = replace(reference, embeds_cond=self._to_model(reference.embeds_cond),
-                              embeds_uncond=self._to_model(reference.embeds_uncond))
+            encoded = reference if not reference.imitates else replace(
+                reference, embeds_cond=self._to_model(reference.embeds_cond),
+                embeds_uncond=self._to_model(reference.embeds_uncond))
         else:
             encoded = self.encode_reference(reference)
 

@@ -176,8 +176,8 @@ def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     result is the same, bit for bit, without a fresh output tensor of the input's size (whose pages,
     at the VAE's 512x512 layers 134 MB, are each faulted in)."""
     if in_place and not convolves_in_place(input, weight):
-        raise ValueError("winograd_conv2d in place needs a contiguous input with as many channels as the output "
-                         "and sides that are multiples of 4")
+        raise ValueError("winograd_conv2d in place needs a contiguous, non-empty input with as many channels as the "
+                         "output, sides that are multiples of 4, and, for an inference tensor, inference mode")
     if input.numel() == 0:
         return F.conv2d(input, weight, bias, padding=1)
     batch, in_channels, height, width = input.shape
