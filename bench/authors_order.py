@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mimic_core.attention import reference_block_names
+from mimic_core.blank_embedding import compute_blank_embedding
 from mimic_core.checkpoint import PARTS, default_config
 from mimic_core.components import DepthGuider, ImageProjection, build_image_encoder
 from mimic_core.depth import depth_input_from_image
@@ -104,11 +105,11 @@ class AuthorsReader:
 class AuthorsOrderPipeline(MimicBrushPipeline):
     """The engine with the authors' per-step computation (guided sampling only)."""
 
+    @torch.inference_mode()
     def blank_embedding(self):
         """Their pipeline embeds the all-zero CLIP input at every call (IP-Adapter's way), keeping
-        nothing between edits."""
-        self._blank_embedding = None
-        return super().blank_embedding()
+        nothing between edits and reading none from the file."""
+        return compute_blank_embedding(self.models.image_encoder, self.models.image_proj)
 
     def depth_map(self, source):
         """Their depth pass keeps autograd on (parameters requiring grad): it builds a graph."""

@@ -4,7 +4,8 @@ The authors release ``mimicbrush.bin``, a torch pickle of one dict with the keys
 ``depth_guider``, ``referencenet``, ``image_encoder`` and ``unet``. Its converted form is one
 ``.safetensors`` file with flat keys under those five prefixes, which loads by memory map and
 carries the component configs in its metadata (``<part>_config`` entries), so that a converted
-file is self-describing. Where no config is stored, the released architectures are assumed
+file is self-describing, and the embedding of the blank image-encoder input computed from its
+weights (:mod:`mimic_core.blank_embedding`). Where no config is stored, the released architectures are assumed
 (SD-1.5 U-Nets, CLIP ViT-H/14).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .blank_embedding import STORED_KEY, compute_blank_embedding
 from .errors import ModelFileError
 from .files import load_safetensors, load_torch_pickle, new_file_mode, read_json, require_file
 
@@ -41,6 +43,8 @@ class MimicBrushCheckpoint:
     state_dicts: dict[str, dict[str, torch.Tensor]]
     configs: dict[str, dict]
     path: Path
+    blank_embedding: torch.Tensor | None = None
+    """The blank input's embedding a converted file carries (:data:`~mimic_core.blank_embedding.STORED_KEY`)."""
 
 
 def default_config(part: str) -> dict:
@@ -58,8 +62,9 @@ def read_checkpoint(path: str | Path, config_dir: str | Path | None = None) -> M
     path = require_file(path, "The MimicBrush checkpoint", DOWNLOAD_HINT)
     if config_dir is not None:
         check_config_dir(config_dir)
+    blank_embedding = None
     if path.suffix == ".safetensors":
-        state_dicts, stored = _read_flat_safetensors(path)
+        state_dicts, stored, blank_embedding = _read_flat_safetensors(path)
     else:
         state_dicts, stored = _read_authors_pickle(path), {}
     configs = {}
@@ -69,7 +74,7 @@ def read_checkpoint(path: str | Path, config_dir: str | Path | None = None) -> M
             configs[part] = read_json(override)
         else:
             configs[part] = stored.get(part) or default_config(part)
-    return MimicBrushCheckpoint(state_dicts, configs, path)
+    return MimicBrushCheckpoint(state_dicts, configs, path, blank_embedding)
 
 
 def check_config_dir(config_dir: str | Path) -> None:
@@ -104,8 +109,9 @@ def _read_authors_pickle(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {part: dict(loaded[part]) for part in PARTS}
 
 
-def _read_flat_safetensors(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict]]:
+def _read_flat_safetensors(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict], torch.Tensor | None]:
     tensors, metadata = load_safetensors(path)
+    blank_embedding = tensors.pop(STORED_KEY, None)
     state_dicts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
     strays = []
     for key, tensor in tensors.items():
@@ -130,7 +136,7 @@ def _read_flat_safetensors(path: Path) -> tuple[dict[str, dict[str, torch.Tensor
                 stored[part] = json.loads(text)
             except json.JSONDecodeError as err:
                 raise ModelFileError(f"'{path}' has an unreadable stored config for '{part}': {err}") from err
-    return state_dicts, stored
+    return state_dicts, stored, blank_embedding
 
 
 def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str | Path | None = None,
@@ -141,7 +147,9 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     model's file is refused here rather than written out as gigabytes that fail only when loaded.
     The target is written next to its final name and renamed into place only when complete, so
     an interrupted conversion never leaves a half-written file under the real name. Refuses to
-    overwrite the source. ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors.
+    overwrite the source. ``dtype`` (e.g. ``torch.float16``) casts floating-point tensors. A float32
+    file also gets the embedding of the blank image-encoder input, computed here from its weights
+    (one image-encoder pass), which spares the first edit after each load that pass.
     """
     source, target = Path(source), Path(target)
     if target.is_dir():
@@ -155,13 +163,18 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise ModelFileError("The converted file must not replace its source; choose another name.")
     checkpoint = read_checkpoint(source, config_dir)
-    _refuse_what_would_not_load(checkpoint)
+    networks = _refuse_what_would_not_load(checkpoint)
     flat = {}
     for part in PARTS:
         for key, tensor in checkpoint.state_dicts[part].items():
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             flat[f"{part}.{key}"] = tensor.contiguous()
+    encoder, projection = networks["image_encoder"], networks["image_proj"]
+    if dtype in (None, torch.float32) and all(t.dtype == torch.float32 for t in (*encoder.parameters(),
+                                                                              *projection.parameters())):
+        with torch.inference_mode():
+            flat[STORED_KEY] = compute_blank_embedding(encoder, projection).contiguous()
     metadata = {"format": "pt", "mimicbrush_format": FORMAT_NAME, "mimicbrush_format_version": FORMAT_VERSION}
     metadata.update({f"{part}_config": json.dumps(checkpoint.configs[part], sort_keys=True) for part in PARTS})
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -178,11 +191,12 @@ def convert_checkpoint(source: str | Path, target: str | Path, config_dir: str |
     return target
 
 
-def _refuse_what_would_not_load(checkpoint: MimicBrushCheckpoint) -> None:
+def _refuse_what_would_not_load(checkpoint: MimicBrushCheckpoint) -> dict[str, torch.nn.Module]:
     """Build the five networks from ``checkpoint`` as the loader does, raising its own refusal (the part,
-    its missing, unexpected and misshapen keys, what the weights probably are, the fix). The networks are
-    made on the meta device and take the file's tensors by assignment, so the file's weights are neither
-    copied nor read here; only the few the authors' reference U-Net lacks are made, as zeros."""
+    its missing, unexpected and misshapen keys, what the weights probably are, the fix), and return them.
+    The networks are made on the meta device and take the file's tensors by assignment, so the file's
+    weights are neither copied nor read here; only the few the authors' reference U-Net lacks are made,
+    as zeros."""
     from .components import build_components  # deferred: components builds on this module's checkpoint type
 
-    build_components(checkpoint)
+    return build_components(checkpoint)

@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPVisionModelWithProjection
 
+from .blank_embedding import StoredBlankEmbedding, stored_blank_embedding
 from .checkpoint import read_checkpoint
 from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
@@ -34,6 +35,8 @@ class MimicBrushModels:
     depth_guider: DepthGuider
     vae: AutoencoderKL
     depth_model: nn.Module | None = None
+    stored_blank_embedding: StoredBlankEmbedding | None = field(default=None, repr=False, compare=False)
+    """The blank input's embedding the checkpoint file carries, while it serves (:mod:`mimic_core.blank_embedding`)."""
     packed_for: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False, compare=False)
     """The U-Nets (``"unet"``, ``"referencenet"``) and working sizes whose weights were packed ahead of an
     edit (:meth:`pack_for`)."""
@@ -133,10 +136,13 @@ def load_models(checkpoint: str | Path, vae: str | Path, depth_model: str | Path
     faster in CPU inference (:meth:`MimicBrushModels.use_inference_layers`); training wants the
     stock ones.
     """
-    parts = build_components(read_checkpoint(checkpoint, config_dir))
+    read = read_checkpoint(checkpoint, config_dir)
+    parts = build_components(read)
+    stored = stored_blank_embedding(read.blank_embedding, parts["image_encoder"], parts["image_proj"], read.path)
     vae_config = Path(config_dir) / "vae_config.json" if config_dir is not None else None
     models = MimicBrushModels(
         **parts,
+        stored_blank_embedding=stored,
         vae=load_vae(vae, config=vae_config if vae_config is not None and vae_config.is_file() else None),
         depth_model=load_depth_model(depth_model) if depth_model is not None else None,
     ).to(device=device, dtype=dtype)

@@ -28,7 +28,7 @@ from .edit_options import SAMPLERS, RegionOptions, SamplingOptions, check_sample
 from .errors import EditInterrupted, InputError, ModelFileError
 from .files import mapped_pages_released_as_used
 from .models import MimicBrushModels
-from .prepacked import tensor_state
+from .blank_embedding import compute_blank_embedding, weights_state
 from .shape_control import blank_depth_map, square_depth_map
 from .winograd import workspace_released_after
 
@@ -187,7 +187,7 @@ class MimicBrushPipeline:
         self.working_size = working_size
         self._blank_depth = blank_depth
         self._blank_embedding: tuple[tuple, torch.Tensor] | None = None
-        """The blank input's projected embedding and the :func:`tensor_state` of every weight it came from."""
+        """The blank input's projected embedding and the :func:`~mimic_core.blank_embedding.weights_state` it came from."""
         self.release_encoders = release_encoders
 
     def _running_once(self, module: torch.nn.Module | None):
@@ -261,16 +261,17 @@ class MimicBrushPipeline:
     @torch.inference_mode()
     def blank_embedding(self) -> torch.Tensor:
         """The projected CLIP embedding ``[1, T, C]`` of the all-zero input: the unconditional context.
-        Computed once and kept while every weight of the image encoder and projection is the tensor it
-        was (a move, cast or in-place write computes it again): it costs a whole image-encoder pass,
-        2.4 s of a 12 s reference encoding at the released size on a 2-core CPU."""
+        Taken from the checkpoint file where it carries one for these very weights, else computed
+        (a whole image-encoder pass, 2.4 s of a 12 s reference encoding at the released size on a
+        2-core CPU); kept while every weight of the image encoder and projection is the tensor it was
+        (a move, cast or in-place write takes or computes it again)."""
         encoder, projection = self.models.image_encoder, self.models.image_proj
-        weights = tuple(tensor_state(t) for t in (*encoder.parameters(), *encoder.buffers(), *projection.parameters()))
+        weights = weights_state(encoder, projection)
         if self._blank_embedding is None or self._blank_embedding[0] != weights:
-            side = encoder.config.image_size
-            blank = self._to_model(torch.zeros(1, 3, side, side))
-            hidden = encoder(blank, output_hidden_states=True).hidden_states[-2]
-            self._blank_embedding = (weights, projection(hidden))
+            stored = self.models.stored_blank_embedding
+            embedding = (stored.embedding.clone() if stored is not None and stored.weights == weights
+                         else compute_blank_embedding(encoder, projection))
+            self._blank_embedding = (weights, embedding)
         return self._blank_embedding[1]
 
     def _require_own_encoding(self, reference: EncodedReference) -> None:
