@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.resnet import ResnetBlock2D
 
-from mimic_core import winograd
+from mimic_core import group_norm, winograd
 from mimic_core.resnet_blocks import InPlaceResnetBlock2D, autocast_enabled, in_place_resnet_blocks
 from mimic_core.winograd import winograd_convolutions
 from tests.support import require_fixture
@@ -38,7 +38,9 @@ def _pair(**settings):
                                       {"output_scale_factor": 2.0}],
                          ids=["the VAE encoder's", "the VAE decoder's", "with a 1x1 shortcut", "scaled"])
 @pytest.mark.parametrize("grad_mode", [torch.inference_mode, torch.no_grad])
-def test_in_place_block_is_the_stock_block_bit_for_bit(settings, grad_mode):
+@pytest.mark.parametrize("norm_values", [group_norm.VALUES_AT_A_TIME, 100], ids=["whole", "a group at a time"])
+def test_in_place_block_is_the_stock_block_bit_for_bit(settings, grad_mode, norm_values, monkeypatch):
+    monkeypatch.setattr(group_norm, "VALUES_AT_A_TIME", norm_values)
     stock, in_place, stock_calls = _pair(**settings)
     x = torch.randn(2, 8, 9, 7)
     before = x.clone()
