@@ -16,6 +16,7 @@ from .components import DepthGuider, ImageProjection, build_components
 from .depth import load_depth_model
 from .feed_forward import chunk_feed_forwards
 from .files import release_mapped_pages
+from .pointwise_conv import pointwise_convolutions
 from .prepacked import prepack_convolutions, prepack_linears
 from .resnet_blocks import in_place_resnet_blocks
 from .vae import load_vae
@@ -65,10 +66,11 @@ class MimicBrushModels:
         3x3 convolutions by Winograd's F(4x4, 3x3) at the sizes where that is faster
         (:mod:`mimic_core.winograd`, float32 only); in the VAE, ResNet blocks that write their SiLUs
         and additions into the tensors they have just made (:mod:`mimic_core.resnet_blocks`; the
-        U-Nets' activations are small enough that a U-Net pass measured no faster with them), and
+        U-Nets' activations are small enough that a U-Net pass measured no faster with them),
         upsamplers that convolve their input without making its upsampled copy
-        (:mod:`mimic_core.upsampling`). All
-        take the stock path for autograd; the packed and Winograd layers also for other dtypes and
+        (:mod:`mimic_core.upsampling`), and 1x1 convolutions as matrix products
+        (:mod:`mimic_core.pointwise_conv`). All
+        take the stock path for autograd; the packed, Winograd and 1x1 layers also for other dtypes and
         devices.
 
         The VAE's convolutions are not packed: they are at high resolution, where packing gains
@@ -84,6 +86,7 @@ class MimicBrushModels:
             winograd_convolutions(module)
         in_place_resnet_blocks(self.vae)
         winograd_upsamplers(self.vae)
+        pointwise_convolutions(self.vae)
         self.packed_for.clear()
         return self
 
