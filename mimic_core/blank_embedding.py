@@ -7,13 +7,15 @@ A pipeline keeps it once computed (:meth:`~mimic_core.pipeline.MimicBrushPipelin
 and a converted checkpoint carries it (:data:`STORED_KEY`), computed at conversion from the very
 weights the file holds, so that the first edit after loading runs the image encoder once, on the
 reference. The stored embedding serves while the image encoder and projection are the tensors
-loaded from that file, neither moved nor cast nor written (:class:`StoredBlankEmbedding`); otherwise
-it is computed.
+loaded from that file, neither moved nor cast nor replaced (nor written in place, where the tensor has
+a version counter to show it), under the image-encoder config stored with them
+(:class:`StoredBlankEmbedding`); otherwise it is computed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,8 +23,10 @@ from torch import nn
 from .errors import ModelFileError
 from .prepacked import tensor_state
 
-STORED_KEY = "derived.blank_embedding"
-"""The converted checkpoint's key for the blank input's embedding, outside the five parts' prefixes."""
+DERIVED_PREFIX = "derived."
+"""The converted checkpoint's prefix for values computed from its weights, outside the five parts'."""
+STORED_KEY = DERIVED_PREFIX + "blank_embedding"
+"""The converted checkpoint's key for the blank input's embedding."""
 
 
 def compute_blank_embedding(image_encoder: nn.Module, projection: nn.Module) -> torch.Tensor:
@@ -35,7 +39,7 @@ def compute_blank_embedding(image_encoder: nn.Module, projection: nn.Module) -> 
     return projection(hidden)
 
 
-def weights_state(image_encoder: nn.Module, projection: nn.Module) -> tuple:
+def weights_state(image_encoder: nn.Module, projection: nn.Module) -> tuple[tuple | None, ...]:
     """What identifies the weights the blank embedding comes from: each one's :func:`tensor_state`."""
     tensors = (*image_encoder.parameters(), *image_encoder.buffers(), *projection.parameters())
     return tuple(tensor_state(tensor) for tensor in tensors)
@@ -48,20 +52,18 @@ def expected_shape(image_encoder: nn.Module, projection: nn.Module) -> tuple[int
     return 1, (config.image_size // config.patch_size) ** 2 + 1, projection.projector.out_features
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StoredBlankEmbedding:
-    """A converted checkpoint's blank embedding and the :func:`weights_state` of the networks loaded
-    from the same file, taken as loaded: it serves while those weights are still those tensors."""
+    """A converted checkpoint's blank embedding (a copy: a view would keep the whole file mapped) and
+    the :func:`weights_state` of the networks loaded from the same file, taken as loaded: it serves
+    while those weights are still those tensors."""
 
     embedding: torch.Tensor
-    weights: tuple
-
-    def serves(self, image_encoder: nn.Module, projection: nn.Module) -> bool:
-        return weights_state(image_encoder, projection) == self.weights
+    weights: tuple[tuple | None, ...]
 
 
 def stored_blank_embedding(embedding: torch.Tensor | None, image_encoder: nn.Module, projection: nn.Module,
-                           path) -> StoredBlankEmbedding | None:
+                           path: Path) -> StoredBlankEmbedding | None:
     """The blank embedding a converted file at ``path`` carries, for the networks just built from it (before
     any move or cast); None where it carries none. One of another shape or dtype is refused: the file was
     altered after its conversion, and an embedding that does not belong to its weights would steer every
@@ -76,4 +78,4 @@ def stored_blank_embedding(embedding: torch.Tensor | None, image_encoder: nn.Mod
             f"its image encoder gives {expected} in {dtype}: the file was changed after its conversion. Convert the "
             "authors' checkpoint again ('python -m mimic_core convert mimicbrush.bin mimicbrush.safetensors')."
         )
-    return StoredBlankEmbedding(embedding, weights_state(image_encoder, projection))
+    return StoredBlankEmbedding(embedding.clone(), weights_state(image_encoder, projection))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .blank_embedding import STORED_KEY, compute_blank_embedding
+from .blank_embedding import DERIVED_PREFIX, STORED_KEY, compute_blank_embedding
 from .errors import ModelFileError
 from .files import load_safetensors, load_torch_pickle, new_file_mode, read_json, require_file
 
@@ -28,7 +28,8 @@ PARTS = ("image_proj", "depth_guider", "referencenet", "image_encoder", "unet")
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "mimicbrush"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+"""2: a float32 file also carries the blank input's embedding (:mod:`mimic_core.blank_embedding`)."""
 DOWNLOAD_HINT = (
     "Download mimicbrush/mimicbrush.bin from the Hugging Face repository xichenhku/MimicBrush "
     "(or ModelScope xichen/MimicBrush); convert it once with "
@@ -74,6 +75,8 @@ def read_checkpoint(path: str | Path, config_dir: str | Path | None = None) -> M
             configs[part] = read_json(override)
         else:
             configs[part] = stored.get(part) or default_config(part)
+    if configs["image_encoder"] != stored.get("image_encoder"):
+        blank_embedding = None  # computed under the stored config: another one may compute another function
     return MimicBrushCheckpoint(state_dicts, configs, path, blank_embedding)
 
 
@@ -112,6 +115,8 @@ def _read_authors_pickle(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 def _read_flat_safetensors(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict], torch.Tensor | None]:
     tensors, metadata = load_safetensors(path)
     blank_embedding = tensors.pop(STORED_KEY, None)
+    # values a later version derives from the weights: not weights, and nothing this version needs
+    tensors = {key: tensor for key, tensor in tensors.items() if not key.startswith(DERIVED_PREFIX)}
     state_dicts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
     strays = []
     for key, tensor in tensors.items():

@@ -20,14 +20,16 @@ from torch import nn
 VALUES_AT_A_TIME = 1 << 21
 """Input values normalised per kernel call, 8 MB in float32: well under 32 MB, the largest block that
 glibc's allocator learns to keep and hand out again (larger ones it maps afresh at every call), and
-at the VAE's 512x512 layers two groups, one per core."""
+at the VAE's 512x512 layers two groups, one per core; with more threads than that holds rows, each
+call takes one row per thread."""
 
 
 def normalizes_in_place(norm: nn.Module, hidden: torch.Tensor) -> bool:
     """Whether :func:`group_norm_in_place` computes ``norm(hidden)``: a plain ``nn.GroupNorm`` (not a
-    subclass, whose forward may differ) and a contiguous 4-D input of its channels, where the stock
-    kernel takes the per-row path that the parts reproduce (a channels-last input takes another)."""
-    return (type(norm) is nn.GroupNorm and hidden.dim() == 4 and hidden.is_contiguous()
+    subclass, whose forward may differ) and a contiguous 4-D input of its channels on the CPU, where
+    the stock kernel takes the per-row path that the parts reproduce (a channels-last input takes
+    another; off the CPU nothing is faulted in to save)."""
+    return (type(norm) is nn.GroupNorm and hidden.device.type == "cpu" and hidden.dim() == 4 and hidden.is_contiguous()
             and hidden.shape[1] == norm.num_channels and hidden.numel() > 0)
 
 
@@ -40,7 +42,9 @@ def group_norm_in_place(norm: nn.GroupNorm, hidden: torch.Tensor) -> torch.Tenso
                          "its channels")
     batch, channels, height, width = hidden.shape
     per_group = channels // norm.num_groups
-    groups_at_a_time = max(1, VALUES_AT_A_TIME // (batch * per_group * height * width))
+    # rows (sample, group) are the kernel's unit of work: at least one per thread
+    groups_at_a_time = max(1, VALUES_AT_A_TIME // (batch * per_group * height * width),
+                           -(-torch.get_num_threads() // batch))
     for first in range(0, norm.num_groups, groups_at_a_time):
         groups = min(groups_at_a_time, norm.num_groups - first)
         part = slice(first * per_group, (first + groups) * per_group)

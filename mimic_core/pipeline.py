@@ -22,13 +22,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import preprocess as pre
 from .attention import install_reference_attention
+from .blank_embedding import compute_blank_embedding, weights_state
 from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
 from .deep_cache import DeepFeatureCache, whole_steps
 from .edit_options import SAMPLERS, RegionOptions, SamplingOptions, check_sampler
 from .errors import EditInterrupted, InputError, ModelFileError
 from .files import mapped_pages_released_as_used
 from .models import MimicBrushModels
-from .blank_embedding import compute_blank_embedding, weights_state
 from .shape_control import blank_depth_map, square_depth_map
 from .winograd import workspace_released_after
 

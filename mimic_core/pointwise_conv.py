@@ -13,7 +13,7 @@ differs from oneDNN's (within 7e-7 of the largest output in those measurements).
 The VAE only: the U-Nets' 1x1 convolutions (at most 10 MB) measured 1.0-1.24 times oneDNN's time
 this way in an earlier session. :func:`pointwise_convolutions` turns a module's plain 1x1
 ``nn.Conv2d`` layers into :class:`PointwiseConv2d`: same parameters, same state dict; any call other
-than float32 CPU inference on a contiguous input runs the stock forward.
+than float32 CPU inference on a contiguous input of its channels runs the stock forward.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class PointwiseConv2d(nn.Conv2d):
 
     def _product_serves(self, input: torch.Tensor) -> bool:
         tensors = [input, self.weight] + ([] if self.bias is None else [self.bias])
-        return (input.dim() == 4 and input.numel() > 0 and input.is_contiguous()
+        return (input.dim() == 4 and input.numel() > 0 and input.is_contiguous() and self.weight.is_contiguous()
+                and input.shape[1] == self.in_channels
                 and all(t.device.type == "cpu" and t.dtype is torch.float32 for t in tensors)
                 and not records_autograd(self, input))
 

@@ -100,3 +100,45 @@ def test_an_embedding_of_another_shape_is_refused_with_the_fix(fixture_dir, conv
     save_file(tensors, str(altered), metadata=metadata)
     with pytest.raises(ModelFileError, match=r"blank-input embedding of shape \(1, 10, 32\).*\(1, 257, 32\).*Convert"):
         _load(fixture_dir, altered)
+
+
+def _rewritten(converted, tmp_path, name, change):
+    """The converted file written again with ``change`` applied to its tensors."""
+    tensors = load_file(str(converted))
+    change(tensors)
+    with safe_open(str(converted), "pt") as handle:
+        metadata = handle.metadata()
+    target = tmp_path / name
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+def test_a_load_that_casts_computes_it(fixture_dir, converted):
+    models = load_models(converted, fixture_dir / "vae", config_dir=fixture_dir, dtype=torch.float64)
+    calls, hook = _encoder_calls(models)
+    try:
+        embedding = MimicBrushPipeline(models).blank_embedding()
+    finally:
+        hook.remove()
+    assert calls == [1] and embedding.dtype == torch.float64
+
+
+def test_another_image_encoder_config_computes_it(fixture_dir, converted, tmp_path):
+    """A config that keeps every weight's shape may still change the function (here the activation):
+    the embedding computed under the stored config is not used."""
+    import json
+    import shutil
+
+    configs = tmp_path / "configs"
+    shutil.copytree(fixture_dir, configs, ignore=lambda folder, names: [n for n in names if not n.endswith("_config.json")])
+    encoder_config = json.loads((configs / "image_encoder_config.json").read_text())
+    encoder_config["hidden_act"] = "quick_gelu" if encoder_config["hidden_act"] == "gelu" else "gelu"
+    (configs / "image_encoder_config.json").write_text(json.dumps(encoder_config))
+    assert read_checkpoint(converted, fixture_dir).blank_embedding is not None
+    assert read_checkpoint(converted, configs).blank_embedding is None
+
+
+def test_a_value_a_later_version_derives_is_passed_over(fixture_dir, converted, tmp_path):
+    later = _rewritten(converted, tmp_path, "later.safetensors",
+                       lambda tensors: tensors.update({"derived.something_new": torch.zeros(3)}))
+    assert read_checkpoint(later).blank_embedding is not None

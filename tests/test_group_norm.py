@@ -62,7 +62,8 @@ def test_no_tensor_of_the_input_size_is_made(monkeypatch):
     x = torch.randn(1, 128, 64, 64)
     with torch.inference_mode(), LargestOutput() as largest:
         group_norm_in_place(norm, x)
-    assert largest.elements <= 1 << 14 < x.numel()
+    # a part holds VALUES_AT_A_TIME values (here two groups), or one group per thread where there are more threads
+    assert largest.elements <= max(1 << 14, torch.get_num_threads() * 4 * 64 * 64) < x.numel()
 
 
 def test_what_it_does_not_compute_is_refused():
@@ -80,3 +81,21 @@ def test_what_it_does_not_compute_is_refused():
     assert not normalizes_in_place(norm, torch.randn(1, 8, 16))
     with pytest.raises(ValueError, match="plain nn.GroupNorm and a contiguous"):
         group_norm_in_place(norm, channels_last)
+
+
+def test_a_part_holds_a_row_for_each_thread(monkeypatch):
+    monkeypatch.setattr(group_norm, "VALUES_AT_A_TIME", 1)
+    threads = torch.get_num_threads()
+    norm = _norm(32, 128)
+    x = torch.randn(1, 128, 16, 16)
+    with torch.inference_mode():
+        expected = norm(x)
+        result = x.clone()
+    torch.set_num_threads(4)
+    try:
+        with torch.inference_mode(), LargestOutput() as largest:
+            group_norm_in_place(norm, result)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(result, expected)
+    assert largest.elements == 4 * 4 * 16 * 16  # parts of four groups of four channels

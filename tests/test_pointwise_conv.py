@@ -60,3 +60,19 @@ def test_only_plain_pointwise_convolutions_are_taken():
     assert not is_pointwise(nn.Conv2d(4, 4, 1, stride=2))
     assert not is_pointwise(nn.Conv2d(4, 4, 1, groups=2))
     assert not is_pointwise(nn.Conv2d(4, 4, 1, padding=1))
+
+
+def test_an_empty_batch_and_a_wrong_channel_count_get_the_stock_answers():
+    stock, ours = _layer(8, 4)
+    with torch.inference_mode():
+        assert ours(torch.randn(0, 8, 5, 5)).shape == (0, 4, 5, 5)
+        with pytest.raises(RuntimeError, match="channels"):
+            ours(torch.randn(1, 5, 4, 4))
+
+
+def test_the_loaded_vae_gets_them_and_the_u_nets_do_not(tiny_models):
+    stock_pointwise = [layer for layer in tiny_models.vae.modules()
+                       if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1)]
+    assert stock_pointwise and all(type(layer) is PointwiseConv2d for layer in stock_pointwise)
+    assert not any(isinstance(layer, PointwiseConv2d)
+                   for unet in (tiny_models.unet, tiny_models.referencenet) for layer in unet.modules())
