@@ -44,10 +44,11 @@ class LargestOutput(TorchDispatchMode):
     ((3, 12, 5, 7), 12, 300),          # one channel per group
 ], ids=["two groups a part", "batch 2, a group a part", "one part", "a channel a group"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no affine"])
-def test_in_place_is_the_stock_group_norm_bit_for_bit(shape, groups, values, affine, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_in_place_is_the_stock_group_norm_bit_for_bit(shape, groups, values, affine, dtype, monkeypatch):
     monkeypatch.setattr(group_norm, "VALUES_AT_A_TIME", values)
-    norm = _norm(groups, shape[1], affine)
-    x = torch.randn(shape) * 3 + 1.5
+    norm = _norm(groups, shape[1], affine).to(dtype)
+    x = (torch.randn(shape) * 3 + 1.5).to(dtype)
     with torch.inference_mode():
         expected = norm(x)
         written = x.clone()
