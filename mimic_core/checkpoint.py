@@ -5,8 +5,8 @@ The authors release ``mimicbrush.bin``, a torch pickle of one dict with the keys
 ``.safetensors`` file with flat keys under those five prefixes, which loads by memory map and
 carries the component configs in its metadata (``<part>_config`` entries), so that a converted
 file is self-describing, and the embedding of the blank image-encoder input computed from its
-weights (:mod:`mimic_core.blank_embedding`). Where no config is stored, the released architectures are assumed
-(SD-1.5 U-Nets, CLIP ViT-H/14).
+weights (:mod:`mimic_core.blank_embedding`). Where no config is stored, the released
+architectures are assumed (SD-1.5 U-Nets, CLIP ViT-H/14).
 """
 
 from __future__ import annotations
