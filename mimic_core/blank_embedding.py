@@ -46,8 +46,8 @@ def weights_state(image_encoder: nn.Module, projection: nn.Module) -> tuple[tupl
 
 
 def expected_shape(image_encoder: nn.Module, projection: nn.Module) -> tuple[int, int, int]:
-    """The blank embedding's shape for these networks: one row of the encoder's tokens (its patches and
-    the class token) at the projection's output width."""
+    """The blank embedding's shape for these networks, as every image embedding's but for its rows: one
+    row of the encoder's tokens (its patches and the class token) at the projection's output width."""
     config = image_encoder.config
     return 1, (config.image_size // config.patch_size) ** 2 + 1, projection.projector.out_features
 

@@ -3,17 +3,20 @@ inference, and the test each such layer makes before it does: whether a call rec
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 
-def replace_layer_class(module: nn.Module, stock: type[nn.Module], replacement: type[nn.Module]) -> int:
+def replace_layer_class(module: nn.Module, stock: type[nn.Module], replacement: type[nn.Module],
+                        where: Callable[[nn.Module], bool] | None = None) -> int:
     """Make every layer in ``module`` whose class is exactly ``stock`` (not a subclass, whose forward
-    may differ) a ``replacement``, a subclass with the same parameters and state dict; returns how
-    many layers are ``replacement`` after it."""
+    may differ), and for which ``where`` holds if given, a ``replacement``, a subclass with the same
+    parameters and state dict; returns how many layers are ``replacement`` after it."""
     replaced = 0
     for layer in module.modules():
-        if type(layer) is stock:
+        if type(layer) is stock and (where is None or where(layer)):
             layer.__class__ = replacement
         replaced += isinstance(layer, replacement)
     return replaced

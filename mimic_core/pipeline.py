@@ -22,7 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import preprocess as pre
 from .attention import install_reference_attention
-from .blank_embedding import compute_blank_embedding, weights_state
+from .blank_embedding import compute_blank_embedding, expected_shape, weights_state
 from .crop import CropBox, cut, plan_crop, region_masks, stitch, whole_image_box
 from .deep_cache import DeepFeatureCache, whole_steps
 from .edit_options import SAMPLERS, RegionOptions, SamplingOptions, check_sampler
@@ -278,8 +278,7 @@ class MimicBrushPipeline:
         """Refuse, before any network runs, a reference encoded by a MimicBrush model of another
         architecture: its image embeddings (tokens by width) or VAE latents (channels) are not this
         model's, and the U-Nets would fail on them deep inside a step."""
-        encoder = self.models.image_encoder.config
-        expected = ((encoder.image_size // encoder.patch_size) ** 2 + 1, self.models.image_proj.projector.out_features)
+        expected = expected_shape(self.models.image_encoder, self.models.image_proj)[1:]
         embeddings = {tuple(reference.embeds_cond.shape[1:]), tuple(reference.embeds_uncond.shape[1:])}
         channels = reference.latent_channels()
         latent_channels = self.models.vae.config.latent_channels

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layer_classes import records_autograd
+from .layer_classes import records_autograd, replace_layer_class
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -60,9 +60,4 @@ def is_pointwise(layer: nn.Module) -> bool:
 def pointwise_convolutions(module: nn.Module) -> int:
     """Make every convolution in ``module`` that :func:`is_pointwise` a :class:`PointwiseConv2d`;
     returns how many layers are."""
-    converted = 0
-    for layer in module.modules():
-        if is_pointwise(layer):
-            layer.__class__ = PointwiseConv2d
-        converted += isinstance(layer, PointwiseConv2d)
-    return converted
+    return replace_layer_class(module, nn.Conv2d, PointwiseConv2d, where=is_pointwise)

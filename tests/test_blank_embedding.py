@@ -31,6 +31,17 @@ def _encoder_calls(models):
     return calls, hook
 
 
+def _rewritten(converted, tmp_path, name, change):
+    """The converted file written again with ``change`` applied to its tensors."""
+    tensors = load_file(str(converted))
+    change(tensors)
+    with safe_open(str(converted), "pt") as handle:
+        metadata = handle.metadata()
+    target = tmp_path / name
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
 def test_conversion_stores_the_embedding_its_weights_give(fixture_dir, converted):
     stored = read_checkpoint(converted).blank_embedding
     models = load_models(fixture_dir / "mimicbrush_tiny.bin", fixture_dir / "vae", config_dir=fixture_dir)
@@ -64,14 +75,11 @@ def test_an_edit_takes_the_stored_embedding_and_runs_the_encoder_on_the_referenc
 
 def test_the_stored_embedding_is_what_is_used(fixture_dir, converted, tmp_path):
     """Read from the file, not computed: a file whose embedding was changed gives the changed one."""
-    tensors = load_file(str(converted))
-    tensors[STORED_KEY] = tensors[STORED_KEY] * 2
-    with safe_open(str(converted), "pt") as handle:
-        metadata = handle.metadata()
-    changed = tmp_path / "changed.safetensors"
-    save_file(tensors, str(changed), metadata=metadata)
+    doubled = read_checkpoint(converted).blank_embedding * 2
+    changed = _rewritten(converted, tmp_path, "changed.safetensors",
+                         lambda tensors: tensors.update({STORED_KEY: tensors[STORED_KEY] * 2}))
     pipeline = MimicBrushPipeline(_load(fixture_dir, changed))
-    assert torch.equal(pipeline.blank_embedding(), tensors[STORED_KEY])
+    assert torch.equal(pipeline.blank_embedding(), doubled)
 
 
 def test_a_replaced_or_cast_weight_computes_it_again(fixture_dir, converted):
@@ -92,25 +100,10 @@ def test_a_replaced_or_cast_weight_computes_it_again(fixture_dir, converted):
 
 
 def test_an_embedding_of_another_shape_is_refused_with_the_fix(fixture_dir, converted, tmp_path):
-    tensors = load_file(str(converted))
-    tensors[STORED_KEY] = tensors[STORED_KEY][:, :10]
-    with safe_open(str(converted), "pt") as handle:
-        metadata = handle.metadata()
-    altered = tmp_path / "altered.safetensors"
-    save_file(tensors, str(altered), metadata=metadata)
+    altered = _rewritten(converted, tmp_path, "altered.safetensors",
+                         lambda tensors: tensors.update({STORED_KEY: tensors[STORED_KEY][:, :10]}))
     with pytest.raises(ModelFileError, match=r"blank-input embedding of shape \(1, 10, 32\).*\(1, 257, 32\).*Convert"):
         _load(fixture_dir, altered)
-
-
-def _rewritten(converted, tmp_path, name, change):
-    """The converted file written again with ``change`` applied to its tensors."""
-    tensors = load_file(str(converted))
-    change(tensors)
-    with safe_open(str(converted), "pt") as handle:
-        metadata = handle.metadata()
-    target = tmp_path / name
-    save_file(tensors, str(target), metadata=metadata)
-    return target
 
 
 def test_a_load_that_casts_computes_it(fixture_dir, converted):
