@@ -111,6 +111,30 @@ def test_the_meta_pass_sees_the_released_u_nets_as_an_edit_at_512_runs_them():
     assert referenced["up_blocks.3.attentions.1.transformer_blocks.0.ff.net.2"] == (1, 4096, 1280)
 
 
+@pytest.mark.parametrize("side", [16, 17])
+def test_the_meta_pass_finds_the_shapes_a_real_forward_gives_each_layer(side):
+    """The meta pass lets normalisations pass their input on unchanged; a real forward of a small random
+    U-Net (a side of 17 is odd where it is halved and doubled again) gives every layer the input it found."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=side, in_channels=13, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
+                                norm_num_groups=8, attention_head_dim=8)
+    called: dict[str, torch.Size] = {}
+
+    def record(name: str, args: tuple) -> None:  # a pre-hook's result would replace the layer's arguments
+        called.setdefault(name, args[0].shape)
+
+    for name, layer in unet.named_modules():
+        if type(layer) in (torch.nn.Conv2d, torch.nn.Linear):
+            layer.register_forward_pre_hook(lambda layer, args, _name=name: record(_name, args))
+    with torch.inference_mode():
+        unet(torch.randn(2, 13, side, side), torch.tensor(10), encoder_hidden_states=torch.randn(2, 5, 24))
+    assert layer_input_shapes(unet, (2, 13, side, side), (2, 5, 24)) == called
+    assert any(type(layer) is torch.nn.GroupNorm for layer in unet.modules())
+    assert any(type(layer) is torch.nn.LayerNorm for layer in unet.modules())
+
+
 def test_a_layer_packs_ahead_only_for_an_input_its_call_would_pack():
     convolution = torch.nn.Conv2d(8, 8, 3, padding=1)
     convolution.__class__ = PrepackedConv2d
