@@ -1,16 +1,16 @@
 """The GPU path checked in one run: golden parity, the ComfyUI workflow, the speed table.
 
     bash bench/gpu_check.sh [--cpu-smoke]          # the wrapper: all three parts, in order
-    python bench/gpu_check.py parity [--device cuda]
-    python bench/gpu_check.py speed [--device cuda] [--size full|tiny] [--steps 50]
+    python bench/gpu_check.py parity [--device cuda] [--precisions fp16,bf16]
+    python bench/gpu_check.py speed [--device cuda] [--size full|tiny] [--steps 50] [--precisions fp16,bf16]
     python bench/gpu_check.py comfyui --comfyui DIR [--python PY] [--device cuda]
 
 ``parity``: the golden fixture's whole edit from its PNGs on the device, in fp32 (within the
-fixture's end-to-end tolerance: latents 1e-3, uint8 within 1) and in fp16 and bf16 (their
-deviation printed: not exact). The noise is drawn on the CPU, as the fixture's was.
+fixture's end-to-end tolerance: latents 1e-3, uint8 within 1) and in fp16 and bf16, or
+``--precisions`` (their deviation printed: not exact). The noise is drawn on the CPU, as the fixture's was.
 
 ``speed``: SD-1.5-size components with random weights (``bench/speed.py``'s), a 512² edit in fp16
-and bf16: exact (50 DDIM steps), the fast preset, and the authors' computation order beside them,
+and bf16 (or ``--precisions``): exact (50 DDIM steps), the fast preset, and the authors' computation order beside them,
 with each one's peak device memory. One warm-up edit first, so no timing holds CUDA's start-up.
 
 ``comfyui``: a ComfyUI checkout started with this pack linked into its ``custom_nodes`` (the
@@ -36,6 +36,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,11 +59,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _fixture_inputs():
+def _fixture_inputs(fixture: Path):
     from PIL import Image
 
     def image(name, mode="RGB"):
-        return np.asarray(Image.open(FIXTURE / "inputs" / name).convert(mode))
+        return np.asarray(Image.open(fixture / "inputs" / name).convert(mode))
 
     source = torch.from_numpy(image("source.png").astype(np.float32) / 255)[None]
     reference = torch.from_numpy(image("reference.png").astype(np.float32) / 255)[None]
@@ -70,22 +71,24 @@ def _fixture_inputs():
     return source, mask, reference
 
 
-def check_parity(device: torch.device) -> int:
-    """The fixture's end-to-end edit on ``device`` in each precision, against the golden outputs."""
+def check_parity(device: torch.device, half_precisions: tuple[str, ...] = HALF_PRECISIONS,
+                 fixture: Path = FIXTURE) -> int:
+    """The fixture's end-to-end edit on ``device`` in float32, against the golden outputs, and its
+    deviation in each of ``half_precisions``."""
     from safetensors.torch import load_file
 
-    if not (FIXTURE / "mimicbrush_tiny.bin").is_file():
-        print(f"parity: skipped, no golden fixture at {FIXTURE} (set MIMICBRUSH_FIXTURE_DIR)")
+    if not (fixture / "mimicbrush_tiny.bin").is_file():
+        print(f"parity: skipped, no golden fixture at {fixture} (set MIMICBRUSH_FIXTURE_DIR)")
         return 0
-    golden = {case: load_file(str(FIXTURE / f"golden_shape_{case}.safetensors")) for case in ("on", "off")}
-    source, mask, reference = _fixture_inputs()
+    golden = {case: load_file(str(fixture / f"golden_shape_{case}.safetensors")) for case in ("on", "off")}
+    source, mask, reference = _fixture_inputs(fixture)
     print(f"\n| golden fixture on {device} | shape control | final latents max abs error | output uint8 max diff "
           "| values differing | verdict |")
     print("|---|---|---:|---:|---:|---|")
     failed = False
-    for precision in ("fp32", *HALF_PRECISIONS):
-        models = load_models(FIXTURE / "mimicbrush_tiny.bin", FIXTURE / "vae", FIXTURE / "depth_anything_tiny.pth",
-                             config_dir=FIXTURE, dtype=DTYPES[precision], device=device)
+    for precision in ("fp32", *(p for p in half_precisions if p != "fp32")):
+        models = load_models(fixture / "mimicbrush_tiny.bin", fixture / "vae", fixture / "depth_anything_tiny.pth",
+                             config_dir=fixture, dtype=DTYPES[precision], device=device)
         pipeline = MimicBrushPipeline(models)
         for case, keep_shape in (("on", True), ("off", False)):
             result = pipeline.edit(source, mask, reference, keep_shape=keep_shape, steps=4, guidance=5.0, seed=1,
@@ -158,49 +161,12 @@ def check_speed(device: torch.device, size: str, steps: int, precisions: tuple[s
     return 0
 
 
-class ComfyServer:
-    """A ComfyUI checkout started on loopback with this pack linked in; stopped on exit."""
+class ComfyConnection:
+    """A running ComfyUI server's HTTP and websocket API, as the check uses it."""
 
-    def __init__(self, comfy: Path, python: str, port: int, device: str):
-        self.comfy, self.python, self.port, self.device = comfy, python, port, device
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, url: str):
+        self.url = url
         self.client_id = uuid.uuid4().hex
-        self.process: subprocess.Popen | None = None
-        self.log = Path(tempfile.mkstemp(prefix="comfyui-", suffix=".log")[1])
-        self.link = comfy / "custom_nodes" / PACK_NAME
-        self.made_link = False
-
-    def __enter__(self) -> "ComfyServer":
-        link = self.link
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
-            self.made_link = True  # taken away again on exit: the user's ComfyUI is left as it was
-        elif link.resolve() != REPO:
-            raise SystemExit(f"{link} is another copy of the pack: move it aside to check this one")
-        extra = ["--cpu"] if self.device == "cpu" else []
-        if (self.comfy / "comfyui_version.py").is_file():
-            extra.append("--disable-api-nodes")
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen([self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
-                                             "--disable-auto-launch", *extra], cwd=self.comfy, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(360):
-            if self.process.poll() is not None:
-                break
-            try:
-                self.get("/system_stats")
-                return self
-            except OSError:
-                time.sleep(0.5)
-        self.__exit__()
-        raise SystemExit(f"ComfyUI did not start (log {self.log}):\n{self.log.read_text()[-3000:]}")
-
-    def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        if self.made_link:
-            self.link.unlink()
 
     def get(self, route: str) -> dict:
         with urllib.request.urlopen(self.url + route, timeout=5) as response:
@@ -238,6 +204,50 @@ class ComfyServer:
         return "connection closed", progress, time.perf_counter() - started
 
 
+class ComfyServer(ComfyConnection):
+    """A ComfyUI checkout started on loopback with this pack linked in; stopped on exit."""
+
+    def __init__(self, comfy: Path, python: str, port: int, device: str):
+        super().__init__(f"http://127.0.0.1:{port}")
+        self.comfy, self.python, self.port, self.device = comfy, python, port, device
+        self.process: subprocess.Popen | None = None
+        self.log = Path(tempfile.mkstemp(prefix="comfyui-", suffix=".log")[1])
+        self.link = comfy / "custom_nodes" / PACK_NAME
+        self.made_link = False
+
+    def __enter__(self) -> "ComfyServer":
+        link = self.link
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+            self.made_link = True  # taken away again on exit: the user's ComfyUI is left as it was
+        elif link.resolve() != REPO:
+            raise SystemExit(f"{link} is another copy of the pack: move it aside to check this one")
+        extra = ["--cpu"] if self.device == "cpu" else []
+        if (self.comfy / "comfyui_version.py").is_file():
+            extra.append("--disable-api-nodes")
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
+                                             "--disable-auto-launch", *extra], cwd=self.comfy, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(360):
+            if self.process.poll() is not None:
+                break
+            try:
+                self.get("/system_stats")
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise SystemExit(f"ComfyUI did not start (log {self.log}):\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        if self.made_link:
+            self.link.unlink()
+
+
 def _with_sampler(prompt: dict, **inputs) -> dict:
     """A copy of the API prompt with the sampler's ``inputs`` changed."""
     prompt = json.loads(json.dumps(prompt))
@@ -245,32 +255,52 @@ def _with_sampler(prompt: dict, **inputs) -> dict:
     return prompt
 
 
-def check_comfyui(comfy: Path, python: str, device: str, port: int) -> int:
-    """The demo workflow through a real ComfyUI on the device: run, interrupt, run again."""
+class WorkflowRun(NamedTuple):
+    """One run of :func:`demo_workflow_runs`: how it ended against how it should have."""
+
+    name: str
+    ended: str
+    progress_events: int
+    seconds: float
+    ok: bool
+
+
+def demo_workflow_runs(server: ComfyConnection, seed: int | None = None) -> list[WorkflowRun]:
+    """The shipped demo workflow on a running ComfyUI with this pack: a run that must succeed with one
+    progress event per step, a 400-step run interrupted after 3 steps that must end within one more,
+    and a third that must succeed (the models kept by ComfyUI's model management). Each run another
+    seed (from ``seed``, default the workflow's own), so that ComfyUI's cache does not answer for the
+    sampler."""
     prompt = json.loads((REPO / "workflows" / "api" / "mimicbrush_demo.json").read_text())
     sampler = next(node for node in prompt.values() if node["class_type"] == "MimicBrushSampler")["inputs"]
-    # each run another seed, so that ComfyUI's cache does not answer for the sampler
-    runs = (("demo workflow", prompt, None, "success", sampler["steps"]),
-            ("400 steps, interrupted after 3", _with_sampler(prompt, steps=400, seed=sampler["seed"] + 1), 3,
+    seed = sampler["seed"] if seed is None else seed
+    runs = (("demo workflow", _with_sampler(prompt, seed=seed), None, "success", sampler["steps"]),
+            ("400 steps, interrupted after 3", _with_sampler(prompt, steps=400, seed=seed + 1), 3,
              "execution_interrupted", 4),
-            ("demo workflow again, the models kept", _with_sampler(prompt, seed=sampler["seed"] + 2), None,
+            ("demo workflow again, the models kept", _with_sampler(prompt, seed=seed + 2), None,
              "success", sampler["steps"]))
-    rows, failed = [], False
+    results = []
+    for name, job, interrupt_after, expected_end, most_progress in runs:
+        ended, progress, seconds = asyncio.run(server.run(job, interrupt_after))
+        ok = ended == expected_end and (progress == most_progress if ended == "success" else progress <= most_progress)
+        results.append(WorkflowRun(name, ended, progress, seconds, ok))
+    return results
+
+
+def check_comfyui(comfy: Path, python: str, device: str, port: int) -> int:
+    """The demo workflow through a real ComfyUI on the device: run, interrupt, run again."""
     with ComfyServer(comfy, python, port, device) as server:
         devices = server.get("/system_stats").get("devices", [])
-        for name, job, interrupt_after, expected_end, most_progress in runs:
-            ended, progress, seconds = asyncio.run(server.run(job, interrupt_after))
-            ok = ended == expected_end and (progress == most_progress if ended == "success"
-                                            else progress <= most_progress)
-            failed |= not ok
-            rows.append(f"| {name} | {ended} | {progress} | {seconds:.1f} | {'ok' if ok else '**FAILS**'} |")
+        runs = demo_workflow_runs(server)
         memory = [f"{d.get('name')}: {d.get('vram_free', 0) / 2**30:.1f} of {d.get('vram_total', 0) / 2**30:.1f} GiB free"
                   for d in server.get("/system_stats").get("devices", [])]
     print(f"\nComfyUI at {comfy} on {', '.join(d.get('name', '?') for d in devices) or device}\n")
     print("| run | ended | progress events | s | verdict |")
     print("|---|---|---:|---:|---|")
-    print("\n".join(rows))
+    for run in runs:
+        print(f"| {run.name} | {run.ended} | {run.progress_events} | {run.seconds:.1f} | {'ok' if run.ok else '**FAILS**'} |")
     print(f"\nafter the runs: {'; '.join(memory)}")
+    failed = not all(run.ok for run in runs)
     if failed:
         print(f"server log: {server.log}")
     return 1 if failed else 0
@@ -282,7 +312,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu, for the smoke test")
     parser.add_argument("--size", choices=["full", "tiny"], default="full", help="speed: the components' size")
     parser.add_argument("--steps", type=int, default=50, help="speed: DDIM steps of exact and the authors' order")
-    parser.add_argument("--precisions", default=",".join(HALF_PRECISIONS), help="speed: comma-separated")
+    parser.add_argument("--precisions", default=",".join(HALF_PRECISIONS),
+                        help="comma-separated: speed's rows; parity checks fp32 and shows these beside it")
     parser.add_argument("--comfyui", type=Path, help="comfyui: the ComfyUI folder (holding main.py)")
     parser.add_argument("--python", default=sys.executable, help="comfyui: the interpreter ComfyUI runs on")
     parser.add_argument("--port", type=int, default=8288)
@@ -291,10 +322,11 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here: run on a CUDA machine, or pass --device cpu for the smoke test", file=sys.stderr)
         return 2
+    precisions = tuple(args.precisions.split(","))
     if args.part == "parity":
-        return check_parity(device)
+        return check_parity(device, precisions)
     if args.part == "speed":
-        return check_speed(device, args.size, args.steps, tuple(args.precisions.split(",")))
+        return check_speed(device, args.size, args.steps, precisions)
     if args.comfyui is None or not (args.comfyui / "main.py").is_file():
         print("comfyui: give --comfyui DIR, the ComfyUI folder that holds main.py", file=sys.stderr)
         return 2

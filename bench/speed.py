@@ -59,7 +59,7 @@ of guided steps (1: guidance at every step as exact mode; 0: the conditional bra
 often the imitative U-Net runs whole (1: every step; k: every k-th, its outermost level between)."""
 FAST_DEEP_EVERY = 2
 """The measured fast run reuses deep features every 2nd step, so it times all four kinds of step."""
-FIXTURE = REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"
+FIXTURE = Path(os.environ.get("MIMICBRUSH_FIXTURE_DIR", REPO.parent / "shared" / "fixtures" / "mimicbrush_tiny"))
 DEPTH_VITB = {"vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 14},
               "head": {"features": 128, "out_channels": [96, 192, 384, 768]}}
 

@@ -262,6 +262,16 @@ def test_interrupt_ends_sampling_within_one_step(comfy_host):
     _assert_next_prompt_succeeds(comfy_host, 105)
 
 
+def test_the_gpu_check_s_comfyui_part_passes_here_on_the_cpu(comfy_host):
+    """``bench/gpu_check.py comfyui`` (the demo workflow run, interrupted, run again) through its own
+    client against this host: the GPU check's ComfyUI part, kept working where no GPU is. Seeds of
+    its own, so that no earlier test's cached result answers for the sampler."""
+    from bench.gpu_check import ComfyConnection, demo_workflow_runs
+
+    runs = demo_workflow_runs(ComfyConnection(comfy_host.url), seed=7100)
+    assert all(run.ok for run in runs), runs
+
+
 def test_repeated_edits_succeed_reproduce_and_do_not_grow_memory(comfy_host):
     from bench.soak import soak
 
