@@ -181,27 +181,46 @@ class ComfyConnection:
     def interrupt(self) -> None:
         urllib.request.urlopen(urllib.request.Request(self.url + "/interrupt", b"", method="POST"), timeout=5).close()
 
-    async def run(self, prompt: dict, interrupt_after: int | None = None) -> tuple[str, int, float]:
-        """Queue ``prompt`` and follow it: how it ended, the progress events seen, and its seconds."""
+    async def follow(self, prompt: dict, interrupt_after: int | None = None) -> list[str]:
+        """Queue ``prompt`` and record what the websocket says of it: "progress value/max" per step,
+        "interrupt sent" when POST /interrupt went out (after ``interrupt_after`` progress events),
+        and how it ended ("executing done", "execution_interrupted", "execution_error", or
+        "connection closed"). Events of another prompt are passed over: an interrupted prompt's
+        closing "executing" can reach the next prompt's connection (same client id) after it opens."""
         import aiohttp
 
-        progress, started = 0, time.perf_counter()
+        events: list[str] = []
         ws_url = self.url.replace("http", "ws") + f"/ws?clientId={self.client_id}"
         async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
-            self.queue(prompt)
+            prompt_id = self.queue(prompt)
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue  # previews
                 event = json.loads(message.data)
+                if event.get("data", {}).get("prompt_id", prompt_id) != prompt_id:
+                    continue
                 if event["type"] == "progress":
-                    progress += 1
-                    if progress == interrupt_after:
+                    events.append(f"progress {event['data']['value']}/{event['data']['max']}")
+                    steps = sum(seen.startswith("progress") for seen in events)
+                    if steps == interrupt_after and "interrupt sent" not in events:
                         self.interrupt()
+                        events.append("interrupt sent")
                 elif event["type"] in ("execution_error", "execution_interrupted"):
-                    return event["type"], progress, time.perf_counter() - started
+                    events.append(event["type"])
+                    return events
                 elif event["type"] == "executing" and event["data"].get("node") is None:
-                    return "success", progress, time.perf_counter() - started
-        return "connection closed", progress, time.perf_counter() - started
+                    events.append("executing done")
+                    return events
+        events.append("connection closed")
+        return events
+
+    async def run(self, prompt: dict, interrupt_after: int | None = None) -> tuple[str, int, float]:
+        """Queue ``prompt`` and follow it: how it ended ("success" or as :meth:`follow` says), the
+        progress events seen, and its seconds."""
+        started = time.perf_counter()
+        events = await self.follow(prompt, interrupt_after)
+        ended = "success" if events[-1] == "executing done" else events[-1]
+        return ended, sum(event.startswith("progress") for event in events), time.perf_counter() - started
 
 
 class ComfyServer(ComfyConnection):

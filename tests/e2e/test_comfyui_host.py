@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
 
+from bench.gpu_check import ComfyConnection
 from tests.e2e.comfy_host import CHECKPOINT, NODE_TYPES, error_message, for_tiny_host, run_prompt
 from tests.bad_inputs import CASES, NODE, BadInput
 from tests.support import REPO
@@ -216,32 +216,9 @@ def test_a_quality_preset_runs_its_own_steps_in_place_of_the_widgets(comfy_host)
         f"progress {QUALITY_PRESETS['fast']['steps']}/{QUALITY_PRESETS['fast']['steps']}", events
 
 
-async def _follow(comfy_host, prompt: dict, interrupt_after: int | None = None) -> list[str]:
-    """Queue ``prompt`` and record what the websocket says of it: "progress value/max" per step,
-    "interrupt sent" when POST /interrupt went out (after ``interrupt_after`` progress events),
-    and how it ended ("executing done", "execution_interrupted" or "execution_error")."""
-    client = comfy_host.client
-    events: list[str] = []
-    ws_url = comfy_host.url.replace("http", "ws") + f"/ws?clientId={client.client_id}"
-    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
-        client.queue(prompt)
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue  # previews
-            event = json.loads(message.data)
-            if event["type"] == "progress":
-                events.append(f"progress {event['data']['value']}/{event['data']['max']}")
-                steps = sum(seen.startswith("progress") for seen in events)
-                if steps == interrupt_after and "interrupt sent" not in events:
-                    client.interrupt()
-                    events.append("interrupt sent")
-            elif event["type"] in ("execution_error", "execution_interrupted"):
-                events.append(event["type"])
-                break
-            elif event["type"] == "executing" and event["data"].get("node") is None:
-                events.append("executing done")
-                break
-    return events
+def _follow(comfy_host, prompt: dict, interrupt_after: int | None = None):
+    """What the websocket says of ``prompt`` (``ComfyConnection.follow`` of the GPU check's client)."""
+    return ComfyConnection(comfy_host.url).follow(prompt, interrupt_after)
 
 
 def test_the_server_edits_after_every_bad_input(comfy_host):
@@ -266,7 +243,7 @@ def test_the_gpu_check_s_comfyui_part_passes_here_on_the_cpu(comfy_host):
     """``bench/gpu_check.py comfyui`` (the demo workflow run, interrupted, run again) through its own
     client against this host: the GPU check's ComfyUI part, kept working where no GPU is. Seeds of
     its own, so that no earlier test's cached result answers for the sampler."""
-    from bench.gpu_check import ComfyConnection, demo_workflow_runs
+    from bench.gpu_check import demo_workflow_runs
 
     runs = demo_workflow_runs(ComfyConnection(comfy_host.url), seed=7100)
     assert all(run.ok for run in runs), runs
