@@ -38,8 +38,10 @@ class MimicBrushExampleImage:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "image": (example_names(), {"tooltip": "An example picture of the pack. Sources have their mask painted "
-                                                   "in; open them in the mask editor to see it."}),
+            "image": (example_names(), {"tooltip": "An example picture of the pack. Sources carry their mask in the "
+                                                   "alpha channel (transparent: the region to repaint), which the mask "
+                                                   "output gives. To paint a mask of your own, load a picture with Load "
+                                                   "Image and open it in the mask editor."}),
         }}
 
     def load(self, image):
