@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 
 NODE_MODULES = {
     "example_nodes": {"MimicBrushExampleImage": "MimicBrush Example Image"},
-    "loaders": {"MimicBrushLoader": "MimicBrush Loader", "DepthAnythingLoader": "Depth Anything Loader (MimicBrush)"},
+    "loaders": {"MimicBrushLoader": "MimicBrush Loader",
+                "MimicBrushDepthAnythingLoader": "Depth Anything Loader (MimicBrush)",
+                "DepthAnythingLoader": "Depth Anything Loader (MimicBrush, old id)"},
     "depth_nodes": {"MimicBrushDepth": "MimicBrush Depth (shape control)"},
     "reference_nodes": {"MimicBrushEncodeReference": "MimicBrush Encode Reference",
                         "MimicBrushJoinReferences": "MimicBrush Join References"},

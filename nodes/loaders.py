@@ -97,7 +97,7 @@ def _checkpoint_and_vae(checkpoint: str, vae: str) -> tuple[str, str]:
             resolve_model_path("vae", vae, "VAE", WHERE_TO_DOWNLOAD["vae"]))
 
 
-class DepthAnythingLoader:
+class MimicBrushDepthAnythingLoader:
     DESCRIPTION = ("Loads Depth Anything from models/depth_anything: the authors' depth_anything_vitb14.pth "
                    "(original layout) or a transformers-format folder (V1 or V2, any size; pick its "
                    "model.safetensors).")
@@ -130,3 +130,12 @@ class DepthAnythingLoader:
         network = load_depth_model(path)
         dtype = choose_dtype(precision, mm.get_torch_device())
         return (DepthAnythingModel(network, make_patcher({"depth_model": network}, dtype)),)
+
+
+class DepthAnythingLoader(MimicBrushDepthAnythingLoader):
+    """The depth loader under its first node id, which lacked the pack's prefix (a name as generic as
+    this one has been another pack's: early versions of comfyui_controlnet_aux registered it). Kept so
+    that workflows saved with it still load and run; marked deprecated, so that today's ComfyUI leaves
+    it out of the node library and new workflows get :class:`MimicBrushDepthAnythingLoader`."""
+
+    DEPRECATED = True

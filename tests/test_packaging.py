@@ -79,6 +79,24 @@ def test_no_pack_in_the_manager_s_list_has_our_id_folder_or_title():
         assert not ours & theirs, f"{pack.get('title')} ({pack.get('reference')}) uses {ours & theirs}"
 
 
+def test_every_node_id_of_ours_carries_the_pack_s_prefix_but_the_one_kept_for_saved_workflows():
+    """A generic id is open to another pack's (early comfyui_controlnet_aux registered "DepthAnythingLoader"):
+    whichever pack loads last takes it. The depth loader's first id stays, deprecated, so that workflows
+    saved with it still load; the shipped workflows use the prefixed one."""
+    ours = _node_class_names()
+    assert {name for name in ours if not name.startswith("MimicBrush")} == {"DepthAnythingLoader"}
+    loaders = ast.parse((REPO / "nodes" / "loaders.py").read_text())
+    kept = next(node for node in loaders.body if isinstance(node, ast.ClassDef) and node.name == "DepthAnythingLoader")
+    assert [base.id for base in kept.bases] == ["MimicBrushDepthAnythingLoader"]
+    assert any(isinstance(node, ast.Assign) and node.targets[0].id == "DEPRECATED" and node.value.value is True
+               for node in kept.body)
+    shipped = {node["type"] for path in (REPO / "workflows").glob("*.json")
+               for node in json.loads(path.read_text())["nodes"]}
+    shipped |= {node["class_type"] for path in (REPO / "workflows" / "api").glob("*.json")
+                for node in json.loads(path.read_text()).values()}
+    assert "DepthAnythingLoader" not in shipped and "MimicBrushDepthAnythingLoader" in shipped
+
+
 def test_no_node_class_of_ours_is_in_another_pack_s_node_map():
     ours = _node_class_names()
     assert "MimicBrushSampler" in ours

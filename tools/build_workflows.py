@@ -19,7 +19,7 @@ SLOTS = {
     "MimicBrushExampleImage": ([], [("image", "IMAGE"), ("mask", "MASK")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
-    "DepthAnythingLoader": ([], [("depth_model", "DEPTH_ANYTHING")]),
+    "MimicBrushDepthAnythingLoader": ([], [("depth_model", "DEPTH_ANYTHING")]),
     "MimicBrushLoader": ([("depth_model", "DEPTH_ANYTHING")], [("mimicbrush", "MIMICBRUSH_MODEL")]),
     "MimicBrushEncodeReference": ([("mimicbrush", "MIMICBRUSH_MODEL"), ("image", "IMAGE"), ("reference_mask", "MASK")],
                                   [("reference", "MIMICBRUSH_REFERENCE")]),
@@ -65,7 +65,7 @@ def loaders(checkpoint_y: int = 80, demo: bool = False) -> list[Node]:
     depth, checkpoint = ("depth_anything_vitb14.pth", "mimicbrush.bin") if not demo else (DEMO_CHOICE, DEMO_CHOICE)
     vae = DEMO_CHOICE if demo else "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
     return [
-        Node(1, "DepthAnythingLoader", (40, checkpoint_y), {"model": depth, "precision": "auto"}),
+        Node(1, "MimicBrushDepthAnythingLoader", (40, checkpoint_y), {"model": depth, "precision": "auto"}),
         Node(2, "MimicBrushLoader", (40, checkpoint_y + 170), {"checkpoint": checkpoint, "vae": vae, "precision": "auto"},
              {"depth_model": (1, 0)}, size=(360, 130)),
     ]

@@ -31,7 +31,9 @@ _LOGGED_PATH = re.compile(r"""['"]?/[^\s'"]+['"]?""")
 CHECKPOINT = "mimicbrush_tiny.safetensors"
 VAE = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 DEPTH = "depth_anything_vitb14.pth"
-NODE_TYPES = ["MimicBrushExampleImage", "MimicBrushLoader", "DepthAnythingLoader", "MimicBrushDepth",
+DEPTH_LOADERS = ("MimicBrushDepthAnythingLoader", "DepthAnythingLoader")
+"""The depth loader's node id, and its first one, kept (deprecated) for workflows saved with it."""
+NODE_TYPES = ["MimicBrushExampleImage", "MimicBrushLoader", *DEPTH_LOADERS, "MimicBrushDepth",
               "MimicBrushEncodeReference", "MimicBrushJoinReferences", "MimicBrushSampler", "MimicBrushCropAroundMask",
               "MimicBrushStitch"]
 TEST_STEPS = 2
@@ -53,7 +55,7 @@ def for_tiny_host(prompt: dict, steps: int = TEST_STEPS) -> dict:
         inputs = node["inputs"]
         if node["class_type"] == "MimicBrushLoader":
             inputs.update(checkpoint=CHECKPOINT, vae=VAE)
-        elif node["class_type"] == "DepthAnythingLoader":
+        elif node["class_type"] in DEPTH_LOADERS:
             inputs["model"] = DEPTH
         elif node["class_type"] == "MimicBrushSampler":
             inputs["steps"] = steps
@@ -69,7 +71,7 @@ def ui_for_tiny_host(workflow: dict, steps: int = TEST_STEPS) -> dict:
         values = node["widgets_values"]
         if node["type"] == "MimicBrushLoader":
             values[0], values[1] = CHECKPOINT, VAE
-        elif node["type"] == "DepthAnythingLoader":
+        elif node["type"] in DEPTH_LOADERS:
             values[0] = DEPTH
         elif node["type"] == "MimicBrushSampler":
             values[0] = steps

@@ -31,6 +31,21 @@ def test_the_pack_imports_cleanly_and_every_node_is_documented(comfy_host):
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_type}.{name} has no tooltip"
 
 
+def test_a_workflow_saved_with_the_depth_loader_s_first_id_still_runs(comfy_host):
+    """The depth loader's first node id, "DepthAnythingLoader", stays registered for saved workflows;
+    where ComfyUI knows deprecation (0.3.75) it is marked so, and its library lists only the new id."""
+    prompt = json.loads((REPO / "workflows" / "api" / "mimicbrush_demo.json").read_text())
+    loader = next(node for node in prompt.values() if node["class_type"] == "MimicBrushDepthAnythingLoader")
+    loader["class_type"] = "DepthAnythingLoader"
+    next(node for node in prompt.values() if node["class_type"] == "MimicBrushSampler")["inputs"].update(steps=2, seed=110)
+    entry = run_prompt(comfy_host, prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    info = comfy_host.client.object_info()
+    if comfy_host.has_template_browser:
+        assert info["DepthAnythingLoader"].get("deprecated") is True
+        assert not info["MimicBrushDepthAnythingLoader"].get("deprecated")
+
+
 def _source_and_mask(name: str):
     with Image.open(REPO / "workflows" / "inputs" / name) as image:
         rgba = np.asarray(image.convert("RGBA"))
