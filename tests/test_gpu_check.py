@@ -15,13 +15,14 @@ def _table_rows(text: str, first_cell: str) -> list[list[str]]:
             if line.startswith(f"| {first_cell} |")]
 
 
-def test_the_parity_part_finds_the_fixture_s_edit_within_its_tolerance_and_reports_bf16_beside_it(fixture_dir, capsys):
-    assert check_parity(torch.device("cpu"), ("bf16",), fixture_dir) == 0
+def test_the_parity_part_finds_the_fixture_s_edit_within_its_tolerance(fixture_dir, capsys):
+    """In float32 only: reduced precisions' deviation on the fixture is tested in ``tests/test_pipeline.py``,
+    and each costs the suite another two edits."""
+    assert check_parity(torch.device("cpu"), (), fixture_dir) == 0
     output = capsys.readouterr().out
-    exact, bf16 = _table_rows(output, "fp32"), _table_rows(output, "bf16")
-    assert [row[1] for row in exact] == ["on", "off"] and [row[1] for row in bf16] == ["on", "off"], output
+    exact = _table_rows(output, "fp32")
+    assert [row[1] for row in exact] == ["on", "off"], output
     assert all(row[-1] == "within the fixture's tolerance" for row in exact), output
-    assert all(row[-1] == "deviation (not exact)" and float(row[2]) > float(exact[0][2]) for row in bf16), output
 
 
 def test_the_speed_part_times_exact_fast_and_the_authors_order_side_by_side(fixture_dir, capsys):
