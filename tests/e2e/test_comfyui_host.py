@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.gpu_check import ComfyConnection
+from bench.gpu_check import ComfyConnection, demo_workflow_runs
 from tests.e2e.comfy_host import CHECKPOINT, NODE_TYPES, error_message, for_tiny_host, run_prompt
 from tests.bad_inputs import CASES, NODE, BadInput
 from tests.support import REPO
@@ -40,8 +40,8 @@ def test_a_workflow_saved_with_the_depth_loader_s_first_id_still_runs(comfy_host
     next(node for node in prompt.values() if node["class_type"] == "MimicBrushSampler")["inputs"].update(steps=2, seed=110)
     entry = run_prompt(comfy_host, prompt)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    info = comfy_host.client.object_info()
     if comfy_host.has_template_browser:
+        info = comfy_host.client.object_info()
         assert info["DepthAnythingLoader"].get("deprecated") is True
         assert not info["MimicBrushDepthAnythingLoader"].get("deprecated")
 
@@ -259,8 +259,6 @@ def test_the_gpu_check_s_comfyui_part_passes_here_on_the_cpu(comfy_host):
     client against this host: the GPU check's ComfyUI part, kept working where no GPU is. Seeds of
     its own, so that no earlier test's cached result answers for the sampler; 4 steps, not the
     demo's 25, for the suite's time."""
-    from bench.gpu_check import demo_workflow_runs
-
     runs = demo_workflow_runs(ComfyConnection(comfy_host.url), seed=7100, steps=4)
     assert all(run.ok for run in runs), runs
 
